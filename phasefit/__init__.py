@@ -1,0 +1,1 @@
+"""phasefit: phases of fact learning, measured."""

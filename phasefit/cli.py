@@ -1,0 +1,140 @@
+"""The one command line: ``phasefit train | sample | sweep | ls | detect | report | demo``.
+
+Every subcommand imports its machinery lazily, so ``phasefit --help`` is instant. Bad input
+(configs, paths, stores, curves) ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input, reported as one line rather than a traceback."""
+    from logstore.errors import StoreError
+    from phasefit.errors import PhasefitError
+    from trainer.config import ConfigError
+
+    return (ConfigError, StoreError, PhasefitError, FileNotFoundError, NotADirectoryError)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.run import train_from_cli
+
+    return train_from_cli(args.config, out=args.out, overrides=args.set, device=args.device, resume=args.resume)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+    from trainer.sample import format_samples
+
+    config = load_config(args.config, args.set)
+    print(format_samples(config, n=args.n, seed=args.seed))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from trainer.sweep import sweep_from_cli
+
+    return sweep_from_cli(args.sweep, out=args.out, workers=args.workers, scheduler=args.scheduler, device=args.device)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from logstore import list_runs
+
+    table = list_runs(args.runs_dir)
+    if table.empty:
+        print(f"no runs in {args.runs_dir}")
+    else:
+        print(table.to_string(index=False))
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from phasefit.commands import detect_from_cli
+
+    return detect_from_cli(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.site import report_from_cli
+
+    return report_from_cli(args.runs_dir, out=args.o, png=args.png)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from trainer.demo import demo_from_cli
+
+    return demo_from_cli(out=args.out, workers=args.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phasefit", description="Study how language models learn facts.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one run from a TOML config")
+    p.add_argument("config", help="TOML config (e.g. configs/tiny.toml)")
+    p.add_argument("--out", help="run directory (default runs/<config name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=500")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="print biographies exactly as the model sees them")
+    p.add_argument("config")
+    p.add_argument("-n", type=int, default=5, help="number of biographies (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("sweep", help="run a grid of runs locally or on a Dask cluster")
+    p.add_argument("sweep", help="sweep TOML (e.g. configs/sweeps/plateau_vs_n.toml)")
+    p.add_argument("--out", default="runs", help="runs folder (default runs/)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    p.add_argument("--device", default="auto", help="device for every run (default auto)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("ls", help="list runs, their conditions and state")
+    p.add_argument("runs_dir")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("detect", help="measure phases per run, plus cross-run statistics")
+    p.add_argument("runs_dir", nargs="*", help="run directories or folders of runs")
+    p.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
+    p.add_argument("--method", default="auto", help="detector: auto (default), threshold, changepoint or fit")
+    p.add_argument("--scheduler", help="address of a Dask scheduler to fan out the per-run work")
+    p.add_argument("--curve", help="CSV with step and loss columns (optionally accuracy) from any trainer")
+    p.add_argument("--baseline", type=float, help="no-knowledge loss in nats, for --curve")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("report", help="write the static report site")
+    p.add_argument("runs_dir")
+    p.add_argument("-o", help="output folder (default RUNS_DIR/report)")
+    p.add_argument("--png", action="store_true", help="also write PNG images of every chart")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="the main job: a small CPU sweep, detect, report")
+    p.add_argument("--out", default="demo", help="output folder (default demo/)")
+    p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("phasefit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if isinstance(err, _user_errors()):
+            print(f"phasefit: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

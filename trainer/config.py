@@ -1,0 +1,297 @@
+"""Configuration: TOML presets read into dataclasses, validated once at the edge.
+
+A config has five sections (``world``, ``sampling``, ``model``, ``train``, ``eval``) plus a
+top-level ``seed`` and optional ``name``. ``load_config`` reads a file, applies ``--set``
+overrides (``section.key=value``, the value parsed as TOML), and validates every key. Bad
+input raises ``ConfigError`` with one line naming the key and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, of the wrong type, or holds an impossible value."""
+
+
+@dataclass
+class WorldConfig:
+    """The population and its value sets (sizes as in the study at the paper preset)."""
+
+    n_individuals: int = 64_000  # trained individuals (N)
+    n_heldout: int = 16_000  # never trained on: they measure hallucination
+    n_finetune: int = 0  # new individuals for fine-tuning runs
+    n_first_names: int = 900
+    n_middle_names: int = 900
+    n_last_names: int = 1000
+    n_cities: int = 800  # shared by birth_city and current_city, drawn independently
+    n_universities: int = 200
+    n_majors: int = 100
+    n_companies: int = 500
+    year_min: int = 1900
+    year_max: int = 2100
+    n_templates: int = 25  # sentence templates per attribute
+    n_eval_templates: int = 5  # of which each individual sees this many only at evaluation
+
+
+SAMPLING_KINDS = ("uniform", "power_law", "celebrities", "warmup", "sequential", "finetune")
+
+
+@dataclass
+class SamplingConfig:
+    """Who is sampled when. ``kind`` picks the schedule; the other keys parametrise it.
+
+    - uniform: every trained individual equally often.
+    - power_law: p(i) ~ (rank_i + 1) ** -alpha.
+    - celebrities: the ``celebrities`` most frequent ranks sampled ``celebrity_weight`` times
+      more often than the others.
+    - warmup: uniform on the ``warmup_individuals`` first ranks for ``warmup_epochs`` epochs,
+      then uniform on everyone.
+    - sequential: ``n_groups`` groups of consecutive ranks, visited in order, the whole
+      sequence ``n_repeats`` times, each visit an equal share of the steps.
+    - finetune: the fine-tuning individuals uniformly, plus replay of the trained ones whose
+      total probability mass is ``replay_weight`` times that of the new ones (0: no replay).
+    """
+
+    kind: str = "uniform"
+    alpha: float = 0.0
+    celebrities: int = 0
+    celebrity_weight: float = 1.0
+    warmup_individuals: int = 0
+    warmup_epochs: float = 1.0
+    n_groups: int = 1
+    n_repeats: int = 1
+    replay_weight: float = 0.0
+
+
+MODEL_PRESETS = {
+    # name: (n_layers, d_model, n_heads, d_mlp)
+    "tiny": (2, 128, 4, 512),
+    "paper": (8, 512, 8, 2048),
+    "163M": (12, 896, 16, 3584),
+    "400M": (12, 1536, 12, 6144),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Decoder-only transformer. ``preset`` fills the sizes; explicit sizes override it."""
+
+    preset: str = "paper"
+    n_layers: int = 0
+    d_model: int = 0
+    n_heads: int = 0
+    d_mlp: int = 0
+
+    def __post_init__(self) -> None:
+        if self.preset in MODEL_PRESETS:
+            for key, value in zip(("n_layers", "d_model", "n_heads", "d_mlp"), MODEL_PRESETS[self.preset]):
+                if not getattr(self, key):
+                    setattr(self, key, value)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (AdamW with cosine decay by default, as in the study)."""
+
+    steps: int = 16_000
+    batch_size: int = 128
+    lr: float = 4e-4
+    lr_schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    init_from: str = ""  # a finished run directory to start from (fine-tuning)
+    compile: str = "auto"  # auto | on | off (auto: on for CUDA)
+    checkpoint_every_s: float = 300.0  # resume state at most this often (wall seconds)
+    n_checkpoints: int = 8  # log-spaced weight checkpoints
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation plan: log-spaced early, linear later; dense subsets at large N."""
+
+    n_evals: int = 200  # evaluation steps over the run
+    log_fraction: float = 0.3  # share of evaluation steps spaced logarithmically early on
+    subset: int = 4096  # individuals per split evaluated at every step (0: everyone)
+    n_full: int = 24  # evaluation steps at which every individual is evaluated
+    batch_size: int = 1024  # probe sequences per forward pass
+    attention_probe: int = 64  # individuals in the fixed attention-signature batch
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    name: str = ""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+_SECTION_CLASSES = {
+    "world": WorldConfig,
+    "sampling": SamplingConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+def _typed(where: str, value, kind):
+    """Return ``value`` as ``kind`` (int, float, str or bool), or raise ConfigError."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(data: dict, source: str = "config") -> Config:
+    """Build and validate a Config from nested dicts (as read from TOML)."""
+    data = dict(data)
+    top = {}
+    for key in ("seed", "name"):
+        if key in data:
+            top[key] = _typed(f"{source}: {key}", data.pop(key), int if key == "seed" else str)
+    sections = {}
+    for section, values in data.items():
+        if section not in _SECTION_CLASSES:
+            raise ConfigError(f"{source}: unknown key '{section}' (sections: seed, name, {', '.join(_SECTION_CLASSES)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: '{section}' must be a table")
+        cls = _SECTION_CLASSES[section]
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"{source}: unknown key '{section}.{key}' (known: {', '.join(hints)})")
+            kwargs[key] = _typed(f"{source}: {section}.{key}", value, hints[key])
+        sections[section] = cls(**kwargs)
+    config = Config(**top, **sections)
+    validate(config, source)
+    return config
+
+
+def _check(ok: bool, source: str, key: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"{source}: {key} {reason}")
+
+
+def validate(c: Config, source: str = "config") -> None:
+    """Reject impossible values with one line naming the key and the reason."""
+    w, s, m, t, e = c.world, c.sampling, c.model, c.train, c.eval
+    for key in ("n_individuals", "n_first_names", "n_middle_names", "n_last_names", "n_cities",
+                "n_universities", "n_majors", "n_companies", "n_templates", "n_eval_templates"):
+        _check(getattr(w, key) >= 1, source, f"world.{key}", "must be at least 1")
+    for key in ("n_heldout", "n_finetune"):
+        _check(getattr(w, key) >= 0, source, f"world.{key}", "must be non-negative")
+    _check(w.year_max >= w.year_min, source, "world.year_max", "must not be before world.year_min")
+    _check(w.n_eval_templates < w.n_templates, source, "world.n_eval_templates",
+           f"must be smaller than world.n_templates ({w.n_templates}) to leave training templates")
+    n_names = w.n_first_names * w.n_middle_names * w.n_last_names
+    total = w.n_individuals + w.n_heldout + w.n_finetune
+    _check(total <= n_names, source, "world.n_heldout",
+           f"too large: {total} individuals in all but only {n_names} distinct full names")
+
+    _check(s.kind in SAMPLING_KINDS, source, "sampling.kind", f"must be one of {', '.join(SAMPLING_KINDS)}, not {s.kind!r}")
+    _check(s.alpha >= 0 and math.isfinite(s.alpha), source, "sampling.alpha", f"must be >= 0, not {s.alpha}")
+    _check(0 <= s.celebrities <= w.n_individuals, source, "sampling.celebrities",
+           f"must be between 0 and world.n_individuals ({w.n_individuals})")
+    _check(s.celebrity_weight > 0, source, "sampling.celebrity_weight", "must be positive")
+    _check(0 <= s.warmup_individuals <= w.n_individuals, source, "sampling.warmup_individuals",
+           f"must be between 0 and world.n_individuals ({w.n_individuals}), not {s.warmup_individuals}")
+    if s.kind == "warmup":
+        _check(s.warmup_individuals >= 1, source, "sampling.warmup_individuals", "must be at least 1 for a warm-up")
+    _check(s.warmup_epochs > 0, source, "sampling.warmup_epochs", "must be positive")
+    _check(1 <= s.n_groups <= w.n_individuals, source, "sampling.n_groups", "must be between 1 and world.n_individuals")
+    _check(s.n_repeats >= 1, source, "sampling.n_repeats", "must be at least 1")
+    _check(s.replay_weight >= 0, source, "sampling.replay_weight", "must be >= 0")
+    if s.kind == "finetune":
+        _check(w.n_finetune >= 1, source, "world.n_finetune", "must be at least 1 for sampling.kind = 'finetune'")
+        _check(bool(t.init_from), source, "train.init_from", "must name a finished run for sampling.kind = 'finetune'")
+
+    _check(m.preset in MODEL_PRESETS or all((m.n_layers, m.d_model, m.n_heads, m.d_mlp)), source, "model.preset",
+           f"must be one of {', '.join(MODEL_PRESETS)} (or give n_layers, d_model, n_heads, d_mlp)")
+    for key in ("n_layers", "d_model", "n_heads", "d_mlp"):
+        _check(getattr(m, key) >= 1, source, f"model.{key}", "must be at least 1")
+    _check(m.d_model % m.n_heads == 0, source, "model.n_heads", f"must divide model.d_model ({m.d_model})")
+
+    _check(t.steps >= 1, source, "train.steps", "must be at least 1")
+    _check(t.batch_size >= 1, source, "train.batch_size", "must be at least 1")
+    _check(t.lr > 0, source, "train.lr", "must be positive")
+    _check(t.lr_schedule in ("cosine", "constant"), source, "train.lr_schedule", "must be 'cosine' or 'constant'")
+    _check(0 <= t.min_lr_ratio <= 1, source, "train.min_lr_ratio", "must be between 0 and 1")
+    _check(0 <= t.warmup_steps < t.steps, source, "train.warmup_steps", "must be between 0 and train.steps")
+    _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, source, "train.beta1", "betas must be in [0, 1)")
+    _check(t.weight_decay >= 0, source, "train.weight_decay", "must be >= 0")
+    _check(t.grad_clip >= 0, source, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+    _check(t.compile in ("auto", "on", "off"), source, "train.compile", "must be auto, on or off")
+    _check(t.n_checkpoints >= 0, source, "train.n_checkpoints", "must be >= 0")
+
+    _check(e.n_evals >= 2, source, "eval.n_evals", "must be at least 2")
+    _check(0 <= e.log_fraction <= 1, source, "eval.log_fraction", "must be between 0 and 1")
+    _check(e.subset >= 0, source, "eval.subset", "must be >= 0 (0: everyone at every step)")
+    _check(e.n_full >= 0, source, "eval.n_full", "must be >= 0")
+    _check(e.batch_size >= 1, source, "eval.batch_size", "must be at least 1")
+    _check(e.attention_probe >= 1, source, "eval.attention_probe", "must be at least 1")
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """Parse ``section.key=value``; the value is read as TOML, or as a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text}: '{part}' is not a table")
+        node[path[-1]] = value
+    return data
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a TOML preset, apply ``key=value`` overrides, and validate."""
+    data = apply_overrides(read_toml(path), list(overrides))
+    return from_dict(data, source=str(path))
