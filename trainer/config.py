@@ -41,6 +41,8 @@ class WorldConfig:
     n_eval_templates: int = 5  # of which each individual sees this many only at evaluation
 
 
+TEMPLATES_WRITTEN = 25  # sentence templates per attribute in trainer/text.py
+
 SAMPLING_KINDS = ("uniform", "power_law", "celebrities", "warmup", "sequential", "finetune")
 
 
@@ -205,6 +207,8 @@ def validate(c: Config, source: str = "config") -> None:
         _check(getattr(w, key) >= 1, source, f"world.{key}", "must be at least 1")
     for key in ("n_heldout", "n_finetune"):
         _check(getattr(w, key) >= 0, source, f"world.{key}", "must be non-negative")
+    _check(w.n_templates <= TEMPLATES_WRITTEN, source, "world.n_templates",
+           f"must be at most {TEMPLATES_WRITTEN} (templates written per attribute)")
     _check(w.year_max >= w.year_min, source, "world.year_max", "must not be before world.year_min")
     _check(w.n_eval_templates < w.n_templates, source, "world.n_eval_templates",
            f"must be smaller than world.n_templates ({w.n_templates}) to leave training templates")
