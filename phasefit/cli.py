@@ -27,9 +27,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from trainer.config import load_config
-    from trainer.sample import format_samples
 
     config = load_config(args.config, args.set)
+    from trainer.sample import format_samples
+
     print(format_samples(config, n=args.n, seed=args.seed))
     return 0
 
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="address of a Dask scheduler to fan out the per-run work")
     p.add_argument("--curve", help="CSV with step and loss columns (optionally accuracy) from any trainer")
     p.add_argument("--baseline", type=float, help="no-knowledge loss in nats, for --curve")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates over individuals (default 200; 0: no intervals)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("report", help="write the static report site")

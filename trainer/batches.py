@@ -19,6 +19,7 @@ from trainer.world import BOS, DROP, NAME_SLOT, PAD, VALUE_SLOT, World
 class Batch:
     tokens: torch.Tensor  # (B, T) int64, PAD after the biography
     value_pos: torch.Tensor  # (B, A, V) int64 position of each value token in ``tokens``, -1 beyond the value
+    name_pos: torch.Tensor  # (B, A, 3) int64 positions of the name tokens in the sentence of each attribute
 
 
 class Biographies:
@@ -39,8 +40,9 @@ class Biographies:
         self.seq_len = world.seq_len
         self.n_attributes, self.n_templates, self.width = world.codes.shape
         self.max_value = world.value_tokens.shape[-1]
-        # Where each template's first value slot sits among its codes.
+        # Where each template's first value slot and first name slot sit among its codes.
         self.value_start = put((world.codes == VALUE_SLOT).argmax(-1))  # (A, K)
+        self.name_start = put((world.codes == NAME_SLOT).argmax(-1))  # (A, K)
 
     def random_layout(self, individuals: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A fresh training template per sentence and a freshly shuffled sentence order."""
@@ -81,13 +83,17 @@ class Biographies:
         out[:, 0] = self.bos
         out.scatter_(1, torch.where(keep, position, self.seq_len), tokens.view(b, -1))
 
-        # Value positions, by attribute: sentence of the attribute, then the value's slots.
-        sentence_of = order.argsort(1)  # (B, A)
-        start = self.value_start[torch.arange(a, device=self.device), templates]  # (B, A)
-        slots = (sentence_of * w + start)[..., None] + torch.arange(v, device=self.device)
-        value_pos = position.gather(1, slots.view(b, -1)).view(b, a, v)
+        # Positions by attribute: the attribute's sentence, then the slots within its template.
+        sentence_start = order.argsort(1) * w  # (B, A)
+        attributes = torch.arange(a, device=self.device)
+
+        def positions(start: torch.Tensor, n: int) -> torch.Tensor:
+            slots = (sentence_start + start[attributes, templates])[..., None] + torch.arange(n, device=self.device)
+            return position.gather(1, slots.view(b, -1)).view(b, a, n)
+
+        value_pos = positions(self.value_start, v)
         value_pos = torch.where(torch.arange(v, device=self.device) < self.value_len[individuals][..., None], value_pos, -1)
-        return Batch(out[:, : self.seq_len], value_pos)
+        return Batch(out[:, : self.seq_len], value_pos, positions(self.name_start, 3))
 
 
 def decode(world: World, tokens: torch.Tensor, value_pos: torch.Tensor | None = None, mark=("[", "]")) -> str:

@@ -134,7 +134,6 @@ class World:
 
 def build_world(w: WorldConfig, seed: int) -> World:
     """Build the world of a config, deterministically from ``seed``."""
-    rng = np.random.default_rng([seed, 0])
     n_train, n_heldout, n_finetune = w.n_individuals, w.n_heldout, w.n_finetune
     n = n_train + n_heldout + n_finetune
 
@@ -155,15 +154,28 @@ def build_world(w: WorldConfig, seed: int) -> World:
     vocab = list(dict.fromkeys([PAD, BOS, *template_words, *first, *middle, *last, *value_words]))
     index = {t: i for i, t in enumerate(vocab)}
 
-    # Unique full names: distinct draws from the product of the three name lists.
-    codes_flat = rng.choice(len(first) * len(middle) * len(last), size=n, replace=False)
-    f, rest = np.divmod(codes_flat, len(middle) * len(last))
-    m, l = np.divmod(rest, len(last))
-    names = np.stack([
-        np.array([index[x] for x in first])[f],
-        np.array([index[x] for x in middle])[m],
-        np.array([index[x] for x in last])[l],
-    ], axis=1)
+    # Each split draws from its own random stream, so the trained individuals do not change
+    # when held-out or fine-tuning individuals are added (fine-tuning reuses a finished world).
+    counts = {"train": n_train, "heldout": n_heldout, "finetune": n_finetune}
+    name_lists = [np.array([index[x] for x in names]) for names in (first, middle, last)]
+    n_names = len(first) * len(middle) * len(last)
+    drawn = {key: [] for key in ("name", "values", "perm")}
+    used = np.zeros(0, np.int64)
+    for k, (split_name, count) in enumerate(counts.items()):
+        r = np.random.default_rng([seed, 10 + k])
+        code = r.choice(n_names, size=min(n_names, count + len(used)), replace=False)
+        code = code[~np.isin(code, used)][:count]
+        used = np.concatenate([used, code])
+        f, rest = np.divmod(code, len(middle) * len(last))
+        m, l = np.divmod(rest, len(last))
+        drawn["name"].append(np.stack([name_lists[0][f], name_lists[1][m], name_lists[2][l]], axis=1))
+        sizes = [31, 12, len(years)] + [len(sets[a]) for a in ATTRIBUTES[1:]]
+        drawn["values"].append(np.stack([r.integers(size, size=count) for size in sizes], axis=1))
+        # Per individual and attribute, a seeded split of the templates into train and evaluation.
+        drawn["perm"].append(np.argsort(r.random((count, len(ATTRIBUTES), w.n_templates)), axis=-1))
+    names = np.concatenate(drawn["name"])
+    draws = np.concatenate(drawn["values"])  # (n, 3 + A - 1): day, month, year, then the other attributes
+    perm = np.concatenate(drawn["perm"])
 
     # Facts: each value drawn uniformly; a date is three independent draws (day, month, year).
     options = {a: [[index[t] for t in tokenize(v)] for v in sets[a]] for a in sets}
@@ -171,31 +183,27 @@ def build_world(w: WorldConfig, seed: int) -> World:
     values = np.zeros((n, len(ATTRIBUTES)), np.int64)
     value_tokens = np.zeros((n, len(ATTRIBUTES), max_value), np.int64)
     value_len = np.zeros((n, len(ATTRIBUTES)), np.int64)
-    for a, attribute in enumerate(ATTRIBUTES):
-        if attribute == "birth_date":
-            d, mo, y = rng.integers(31, size=n), rng.integers(12, size=n), rng.integers(len(years), size=n)
-            values[:, a] = (d * 12 + mo) * len(years) + y
-            lookup = [np.array([index[t] for t in ts]) for ts in (days, MONTHS, years)]
-            value_tokens[:, a, :3] = np.stack([lookup[0][d], lookup[1][mo], lookup[2][y]], axis=1)
-            value_len[:, a] = 3
-        else:
-            table = np.zeros((len(options[attribute]), max_value), np.int64)
-            for v, t in enumerate(options[attribute]):
-                table[v, : len(t)] = t
-            values[:, a] = rng.integers(len(table), size=n)
-            value_tokens[:, a] = table[values[:, a]]
-            value_len[:, a] = np.array([len(t) for t in options[attribute]])[values[:, a]]
+    d, mo, y = draws[:, 0], draws[:, 1], draws[:, 2]
+    values[:, 0] = (d * 12 + mo) * len(years) + y
+    lookup = [np.array([index[t] for t in ts]) for ts in (days, MONTHS, years)]
+    value_tokens[:, 0, :3] = np.stack([lookup[0][d], lookup[1][mo], lookup[2][y]], axis=1)
+    value_len[:, 0] = 3
+    for a, attribute in enumerate(ATTRIBUTES[1:], start=1):
+        table = np.zeros((len(options[attribute]), max_value), np.int64)
+        for v, t in enumerate(options[attribute]):
+            table[v, : len(t)] = t
+        values[:, a] = draws[:, a + 2]
+        value_tokens[:, a] = table[values[:, a]]
+        value_len[:, a] = np.array([len(t) for t in options[attribute]])[values[:, a]]
 
     codes = _template_codes(index, w.n_templates, max_value)
 
-    # Per individual and attribute, a seeded split of the templates into train and evaluation.
-    perm = np.argsort(rng.random((n, len(ATTRIBUTES), w.n_templates)), axis=-1)
     eval_templates = np.sort(perm[..., : w.n_eval_templates], axis=-1)
     train_templates = np.sort(perm[..., w.n_eval_templates :], axis=-1)
 
     split = np.array(["train"] * n_train + ["heldout"] * n_heldout + ["finetune"] * n_finetune)
     rank = np.full(n, -1, np.int64)
-    rank[:n_train] = rng.permutation(n_train)
+    rank[:n_train] = np.random.default_rng([seed, 20]).permutation(n_train)
 
     baseline = np.array([np.log(31 * 12 * len(years)) if a == "birth_date" else np.log(len(sets[a]))
                          for a in ATTRIBUTES])

@@ -1,0 +1,34 @@
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.toml"
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``phasefit ARGS`` in a fresh interpreter, as a user would."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "phasefit.cli", *args], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"phasefit {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@functools.cache
+def small_world_config(**world):
+    from trainer.config import from_dict
+
+    base = {"n_individuals": 300, "n_heldout": 50, "n_finetune": 20, "n_cities": 40, "n_universities": 20,
+            "n_majors": 15, "n_companies": 30, "n_first_names": 40, "n_middle_names": 40, "n_last_names": 40}
+    return from_dict({"world": {**base, **world}, "model": {"preset": "tiny"}})
+
+
+@pytest.fixture
+def tiny_path() -> Path:
+    return TINY

@@ -1,0 +1,231 @@
+"""The training loop: sample biographies, take AdamW steps, probe every fact on the plan.
+
+Read top to bottom: ``train`` builds the world, the model and the store, then alternates
+evaluations (on the plan's steps) and training steps. Per-step losses stay on the device
+and reach the store in blocks, so the loop never waits on the host between evaluations.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import logstore
+from trainer import checkpoints
+from trainer.batches import Biographies
+from trainer.config import Config
+from trainer.model import Transformer
+from trainer.plan import EvalPlan, build_plan
+from trainer.probes import attention_signatures, fact_metrics
+from trainer.sampling import Sampler, build_stages
+from trainer.world import World, build_world
+
+LOSS_BLOCK = 100  # training steps between transfers of per-step losses to the host
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Summary:
+    steps: int
+    final_loss: float
+    final_accuracy: float
+    wall_s: float
+    status: str
+
+
+def learning_rate(config: Config, step: int) -> float:
+    """Cosine decay from ``lr`` to ``lr * min_lr_ratio`` (after an optional linear warm-up), or constant."""
+    t = config.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return t.lr
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, config: Config, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on norms or embeddings of positions)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("pos.")]
+    other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("pos."))]
+    t = config.train
+    return torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}],
+                             lr=t.lr, betas=(t.beta1, t.beta2), fused=fused or None)
+
+
+class Evaluator:
+    """Probes the plan's individuals on their fixed evaluation text, in large batches."""
+
+    def __init__(self, world: World, bios: Biographies, plan: EvalPlan, batch_size: int, n_attention: int, seed: int):
+        self.bios, self.plan, self.batch_size = bios, plan, batch_size
+        order = torch.as_tensor(plan.order, device=bios.device)
+        self.templates, self.sentence_order = bios.eval_layout(order, seed)
+        trained = torch.as_tensor(world.ids("train")[:n_attention], device=bios.device)
+        self.attention_batch = bios.assemble(trained, *bios.eval_layout(trained, seed))
+
+    def __call__(self, model: Transformer, i: int, exposures: torch.Tensor) -> dict[str, np.ndarray]:
+        n_all, n_attr = len(self.plan.order), self.templates.shape[1]
+        n = len(self.plan.individuals_at(i))
+        out = {"loss": np.full((n_all, n_attr), np.nan, np.float32), "correct": np.zeros((n_all, n_attr), bool),
+               "top_prob": np.full((n_all, n_attr), np.nan, np.float32),
+               "entropy": np.full((n_all, n_attr), np.nan, np.float32)}
+        order = torch.as_tensor(self.plan.order, device=self.bios.device)
+        for start in range(0, n, self.batch_size):
+            rows = slice(start, min(n, start + self.batch_size))
+            batch = self.bios.assemble(order[rows], self.templates[rows], self.sentence_order[rows])
+            metrics = fact_metrics(model, batch)
+            for key in out:
+                out[key][rows] = getattr(metrics, key).cpu().numpy()
+        out["exposures"] = exposures[order].cpu().numpy()
+        out.update(attention_signatures(model, self.attention_batch))
+        return out
+
+
+def train(config: Config, out: Path, device: torch.device, resume: bool = False, progress: bool = True) -> Summary:
+    """Train one run into ``out`` (config.toml, metrics.zarr, checkpoints/)."""
+    torch.manual_seed(config.seed)
+    world = build_world(config.world, config.seed)
+    bios = Biographies(world, device)
+    sampler = Sampler(build_stages(config.sampling, world, config.train.steps, config.train.batch_size), world.n, device)
+    plan = build_plan(config.eval, world, config.train.steps, config.seed)
+    model = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
+    if config.train.init_from:
+        checkpoints.load_weights(model, Path(config.train.init_from) / "checkpoints" / checkpoints.FINAL)
+    optimizer = make_optimizer(model, config, fused=device.type == "cuda")
+    generator = torch.Generator(device).manual_seed(config.seed)
+    evaluate = Evaluator(world, bios, plan, config.eval.batch_size, config.eval.attention_probe, config.seed)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    keep_weights = checkpoints.checkpoint_steps(config.train.steps, config.train.n_checkpoints)
+
+    step, elapsed = 0, 0.0
+    if resume:
+        step, elapsed = checkpoints.load_resume(ckpt_dir, model, optimizer, generator, sampler.exposures)
+        writer = logstore.RunWriter.resume(out / "metrics.zarr", after_step=step)
+    else:
+        from trainer import __version__
+
+        writer = logstore.RunWriter.create(
+            out / "metrics.zarr", individual=plan.order, split=world.split[plan.order], rank=world.rank[plan.order],
+            baseline=world.baseline, n_layers=model.n_layers, n_heads=model.n_heads, config=config.to_dict(),
+            package_version=__version__)
+
+    use_cuda = device.type == "cuda"
+    compiled = torch.compile(model) if (config.train.compile == "on" or (config.train.compile == "auto" and use_cuda)) else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
+    pad = bios.pad
+
+    def train_step(tokens: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            logits = compiled(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=pad)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        optimizer.step()
+        return loss.detach()
+
+    losses = torch.zeros(LOSS_BLOCK, device=device)
+    block_start = step  # first train step (1-based, after its update) held in ``losses``
+    lrs: list[float] = []
+    last = {"loss": float("nan"), "accuracy": float("nan")}
+    eval_index = {int(s): i for i, s in enumerate(plan.steps)}
+    train_ids = world.split[plan.order] == "train"
+
+    def flush_losses(upto: int) -> None:
+        nonlocal block_start, lrs
+        k = upto - block_start
+        if k <= 0:
+            return
+        values = losses[:k].cpu().numpy()
+        writer.append_train(train_step=np.arange(block_start + 1, upto + 1, dtype=np.int64),
+                            train_loss=values.astype(np.float32), lr=np.asarray(lrs, np.float32))
+        bad = np.flatnonzero(~np.isfinite(values))
+        last["loss"] = float(values[-1])
+        block_start, lrs = upto, []
+        if len(bad):
+            raise Diverged(f"training loss became {values[bad[0]]} at step {block_start - k + bad[0] + 1}")
+
+    def run_eval(s: int) -> None:
+        model.eval()
+        row = evaluate(model, eval_index[s], sampler.exposures)
+        model.train()
+        writer.append_eval(s, **row)
+        known = row["loss"][train_ids]
+        mask = ~np.isnan(known)
+        last["accuracy"] = float(row["correct"][train_ids][mask].mean()) if mask.any() else float("nan")
+
+    start_time = time.perf_counter() - elapsed
+    last_resume_save = time.perf_counter()
+    bar = tqdm(total=config.train.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
+               desc=out.name)
+    status = "failed"
+    # Ctrl-C is honoured between steps, so the resume state is always that of a whole step.
+    interrupted = threading.Event()
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    try:
+        while True:
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            if step in eval_index and (writer.last_step is None or step > writer.last_step):
+                run_eval(step)
+                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}", refresh=False)
+            if step in keep_weights:
+                checkpoints.save_weights(model, checkpoints.weights_path(ckpt_dir, step), step)
+            if step == config.train.steps:
+                break
+            if time.perf_counter() - last_resume_save > config.train.checkpoint_every_s:
+                flush_losses(step)
+                writer.flush()
+                checkpoints.save_resume(ckpt_dir, step, model, optimizer, generator, sampler.exposures,
+                                        time.perf_counter() - start_time)
+                last_resume_save = time.perf_counter()
+            lr = learning_rate(config, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            individuals = sampler.sample(step, config.train.batch_size, generator)
+            batch = bios.assemble(individuals, *bios.random_layout(individuals, generator))
+            losses[step - block_start] = train_step(batch.tokens)
+            lrs.append(lr)
+            step += 1
+            bar.update(1)
+            if step - block_start == LOSS_BLOCK:
+                flush_losses(step)
+                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}", refresh=False)
+        flush_losses(step)
+        checkpoints.save_weights(model, ckpt_dir / checkpoints.FINAL, step)
+        status = "complete"
+        writer.close(status="complete")
+    except Diverged as err:
+        writer.close(status="failed", reason=str(err))
+        raise
+    except KeyboardInterrupt:
+        # Leave a resumable run: losses and rows so far are committed, the resume state is current.
+        flush_losses(step)
+        writer.flush()
+        checkpoints.save_resume(ckpt_dir, step, model, optimizer, generator, sampler.exposures,
+                                time.perf_counter() - start_time)
+        writer.close(status="failed", reason=f"interrupted at step {step}; continue with --resume")
+        raise
+    except BaseException as err:
+        writer.close(status="failed", reason=f"{type(err).__name__} at step {step}: {err}")
+        raise
+    finally:
+        bar.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+    return Summary(step, last["loss"], last["accuracy"], time.perf_counter() - start_time, status)
