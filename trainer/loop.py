@@ -159,6 +159,7 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
             raise Diverged(f"training loss became {values[bad[0]]} at step {block_start - k + bad[0] + 1}")
 
     def run_eval(s: int) -> None:
+        flush_losses(s)  # a diverged model is never evaluated
         model.eval()
         row = evaluate(model, eval_index[s], sampler.exposures)
         model.train()

@@ -54,15 +54,20 @@ def fact_metrics(model: Transformer, batch: Batch) -> FactMetrics:
 
 @torch.inference_mode()
 def attention_signatures(model: Transformer, batch: Batch) -> dict[str, np.ndarray]:
-    """The study's attention signatures, each of shape (layer, head), averaged over the batch
-    and the six sentences of every biography:
+    """The study's attention signatures of ``model`` on ``batch`` (see ``signatures``)."""
+    _, weights = model.hidden(batch.tokens, return_attention=True)
+    return signatures(weights, batch)
+
+
+def signatures(weights: list[torch.Tensor], batch: Batch) -> dict[str, np.ndarray]:
+    """Attention signatures from each layer's weights (B, H, T, T), each of shape (layer, head),
+    averaged over the batch and the six sentences of every biography:
 
     - attn_name_to_name: attention mass from the last name token to the first and middle names;
     - attn_value_to_name: attention mass from the position that predicts the value's first
       token to the three name tokens of its sentence;
     - attn_sharpness: entropy of the attention at that position / log(attendable tokens).
     """
-    _, weights = model.hidden(batch.tokens, return_attention=True)
     w = torch.stack(weights, 1).float()  # (B, L, H, T, T)
     b, n_layers, n_heads = w.shape[:3]
     rows = torch.arange(b, device=w.device)[:, None]

@@ -1,0 +1,112 @@
+"""The training loop: resume equality, failure paths, and the study's picture in the store."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+import logstore
+from conftest import TINY, run_cli
+from trainer import loop
+from trainer.config import load_config
+from trainer.run import prepare_run
+
+# A very small run: enough to exercise every part of the loop in seconds.
+QUICK = ["world.n_individuals=40", "world.n_heldout=10", "model.d_model=32", "model.n_heads=2", "model.d_mlp=64",
+         "train.steps=40", "train.batch_size=8", "eval.n_evals=12", "eval.attention_probe=4",
+         "train.n_checkpoints=3"]
+
+
+def quick_run(tmp_path, name, *extra):
+    config = load_config(TINY, QUICK + list(extra))
+    out = tmp_path / name
+    prepare_run(config, out, resume=False)
+    return config, out
+
+
+def test_a_run_writes_the_schema_and_log_spaced_checkpoints(tmp_path):
+    config, out = quick_run(tmp_path, "a")
+    summary = loop.train(config, out, torch.device("cpu"), progress=False)
+    assert summary.status == "complete" and summary.steps == 40
+    ds = logstore.open_run(out / "metrics.zarr")
+    assert ds.attrs["status"] == "complete"
+    assert ds.step.values[0] == 0 and ds.step.values[-1] == 40 and (np.diff(ds.step.values) > 0).all()
+    assert set(np.unique(ds.split.values)) == {"train", "heldout"}
+    assert (ds["rank"].values[ds.split.values == "heldout"] == -1).all()
+    assert np.isfinite(ds.loss.values).all()  # everyone is evaluated at this size
+    assert list(ds.train_step.values) == list(range(1, 41))
+    # Exposures count the biographies trained on before each evaluation step.
+    assert int(ds.exposures.isel(step=-1).sum()) == 40 * 8
+    assert int(ds.exposures.isel(step=0).sum()) == 0
+    assert ds.attn_sharpness.shape == (len(ds.step), 2, 2)
+    weights = sorted(p.name for p in (out / "checkpoints").glob("step_*.safetensors"))
+    assert weights == ["step_00000001.safetensors", "step_00000006.safetensors", "step_00000040.safetensors"]
+    assert (out / "checkpoints" / "final.safetensors").exists()
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    config, straight = quick_run(tmp_path, "straight")
+    loop.train(config, straight, torch.device("cpu"), progress=False)
+
+    # The same run, interrupted by Ctrl-C at step 23, then resumed.
+    _, broken = quick_run(tmp_path, "broken")
+    original = loop.Sampler.sample
+
+    def sample_then_interrupt(self, step, batch_size, generator):
+        if step == 23:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, step, batch_size, generator)
+
+    monkeypatch.setattr(loop.Sampler, "sample", sample_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(config, broken, torch.device("cpu"), progress=False)
+    ds = logstore.open_run(broken / "metrics.zarr")
+    assert ds.attrs["status"] == "failed" and "interrupted at step 24" in ds.attrs["reason"]
+    monkeypatch.setattr(loop.Sampler, "sample", original)
+    summary = loop.train(config, broken, torch.device("cpu"), resume=True, progress=False)
+    assert summary.status == "complete"
+
+    a, b = logstore.open_run(straight / "metrics.zarr"), logstore.open_run(broken / "metrics.zarr")
+    np.testing.assert_array_equal(a.step.values, b.step.values)
+    np.testing.assert_array_equal(a.train_step.values, b.train_step.values)
+    for name in ("loss", "correct", "top_prob", "entropy", "exposures", "train_loss", "lr", "attn_sharpness"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    assert b.attrs["status"] == "complete"
+
+
+def test_a_diverged_run_stops_and_its_store_stays_readable(tmp_path, monkeypatch):
+    config, out = quick_run(tmp_path, "nan")
+    forward = loop.Transformer.forward
+    calls = {"n": 0}
+
+    def poisoned(self, tokens, attention=None):
+        calls["n"] += 1
+        logits = forward(self, tokens, attention)
+        return logits * float("nan") if calls["n"] > 17 else logits
+
+    monkeypatch.setattr(loop.Transformer, "forward", poisoned)
+    with pytest.raises(loop.Diverged, match="at step 18"):
+        loop.train(config, out, torch.device("cpu"), progress=False)
+    ds = logstore.open_run(out / "metrics.zarr")
+    assert ds.attrs["status"] == "failed" and "step 18" in ds.attrs["reason"]
+    assert len(ds.step) >= 5 and np.isfinite(ds.loss.values).all()
+
+
+def test_cli_failure_paths(tmp_path):
+    proc = run_cli("train", str(TINY), "--device", "cuda", "--out", str(tmp_path / "r"))
+    if not torch.cuda.is_available():
+        assert proc.returncode == 2 and "CUDA is not available" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("train", str(TINY), "--resume", "--out", str(tmp_path / "none"))
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+
+
+def test_cli_trains_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train", str(TINY), "--out", str(out), *[f"--set={s}" for s in QUICK], check=True)
+    assert "complete" in proc.stdout and "40 steps" in proc.stdout
+    assert (out / "config.toml").exists()
+    assert load_config(out / "config.toml") == load_config(TINY, QUICK)
+    proc = run_cli("train", str(TINY), "--out", str(out), *[f"--set={s}" for s in QUICK])
+    assert proc.returncode == 2 and "already exists" in proc.stderr
