@@ -32,3 +32,11 @@ def small_world_config(**world):
 @pytest.fixture
 def tiny_path() -> Path:
     return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One run of the tiny preset, trained once per test session with ``phasefit train``."""
+    out = tmp_path_factory.mktemp("tiny") / "tiny"
+    run_cli("train", str(TINY), "--out", str(out), timeout=1800, check=True)
+    return out
