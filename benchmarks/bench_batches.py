@@ -17,7 +17,7 @@ import torch
 
 from trainer.batches import Biographies
 from trainer.config import load_config
-from trainer.loop import make_optimizer
+from trainer.loop import make_optimizer, make_train_step
 from trainer.model import Transformer
 from trainer.sampling import Sampler, build_stages
 from trainer.world import build_world
@@ -54,20 +54,11 @@ def bench(preset: str, device: torch.device, repeats: int) -> list[dict]:
         return bios.assemble(ids, *bios.random_layout(ids, generator))
 
     model = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
-    optimizer = make_optimizer(model, config, fused=device.type == "cuda")
+    step = make_train_step(model, make_optimizer(model, config, fused=device.type == "cuda"), config, device, bios.pad)
     tokens = assemble().tokens
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-
-    def step():
-        with autocast:
-            logits = model(tokens[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=bios.pad)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
     t_batch = timed(assemble, repeats, device)
-    t_step = timed(step, max(3, repeats // 4), device)
+    t_step = timed(lambda: step(tokens), max(3, repeats // 4), device)
     name = f"{preset} (batch {b}, {world.n} individuals)"
     return [
         {"bench": "batches", "metric": "biographies_per_s", "value": b / t_batch, "unit": "1/s", "device": str(device), "config": name},

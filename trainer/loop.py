@@ -64,6 +64,31 @@ def make_optimizer(model: torch.nn.Module, config: Config, fused: bool = False) 
                              lr=t.lr, betas=(t.beta1, t.beta2), fused=fused or None)
 
 
+def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config: Config, device: torch.device,
+                    pad: int):
+    """One optimiser update on a batch of tokens; returns the mean token loss as a device tensor.
+
+    On CUDA: bf16 autocast and ``torch.compile`` (``train.compile``); on CPU: fp32, eager unless
+    ``train.compile = "on"``. Padding positions carry no loss.
+    """
+    use_cuda = device.type == "cuda"
+    compiled = torch.compile(model) if (config.train.compile == "on" or (config.train.compile == "auto" and use_cuda)) else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
+
+    def train_step(tokens: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            logits = compiled(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=pad)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        optimizer.step()
+        return loss.detach()
+
+    return train_step
+
+
 class Evaluator:
     """Probes the plan's individuals on their fixed evaluation text, in large batches."""
 
@@ -121,21 +146,7 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
             baseline=world.baseline, n_layers=model.n_layers, n_heads=model.n_heads, config=config.to_dict(),
             package_version=__version__)
 
-    use_cuda = device.type == "cuda"
-    compiled = torch.compile(model) if (config.train.compile == "on" or (config.train.compile == "auto" and use_cuda)) else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
-    pad = bios.pad
-
-    def train_step(tokens: torch.Tensor) -> torch.Tensor:
-        with autocast:
-            logits = compiled(tokens[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=pad)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-        optimizer.step()
-        return loss.detach()
+    train_step = make_train_step(model, optimizer, config, device, bios.pad)
 
     losses = torch.zeros(LOSS_BLOCK, device=device)
     block_start = step  # first train step (1-based, after its update) held in ``losses``

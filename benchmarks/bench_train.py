@@ -1,0 +1,158 @@
+"""Training speed: ms per step, tokens/s, MFU, peak memory, the metrics tax, and a naive baseline.
+
+    python benchmarks/bench_train.py --preset tiny [--device cpu] [--steps 30] [--run-steps 300]
+    python benchmarks/bench_train.py --preset paper --device cuda     # on a GPU machine
+
+Measures, in one process:
+- the loop's training step (device-side batches; bf16 + torch.compile on CUDA) against a naive
+  baseline (same model and precision, eager, batches written in Python from strings);
+- a short real run (``trainer.loop.train``) with the preset's evaluation plan and with only
+  the first and last evaluations: the ratio of wall times is the metrics tax;
+- MFU against the detected GPU's bf16 peak (dense), and peak memory.
+Prints a table and one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from logstore.schema import ATTRIBUTES
+from trainer.batches import Biographies
+from trainer.config import load_config
+from trainer.loop import make_optimizer, make_train_step, train
+from trainer.model import Transformer
+from trainer.run import prepare_run
+from trainer.sampling import Sampler, build_stages
+from trainer.text import TEMPLATES, tokenize
+from trainer.world import build_world
+
+ROOT = Path(__file__).resolve().parents[1]
+# Dense bf16 peaks (TFLOP/s) of common GPUs, by a substring of the device name.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
+
+
+def naive_batch(world, individuals: list[int], rng: torch.Generator) -> torch.Tensor:
+    """Biographies the slow way: format strings sample by sample, tokenise, pad."""
+    index = {t: i for i, t in enumerate(world.vocab)}
+    rows = []
+    for i in individuals:
+        order = torch.randperm(len(ATTRIBUTES), generator=rng).tolist()
+        words = ["<bos>"]
+        for a in order:
+            t = int(world.train_templates[i, a, torch.randint(world.train_templates.shape[-1], (1,), generator=rng)])
+            text = TEMPLATES[ATTRIBUTES[a]][t].format(name=world.full_name(i), value=world.fact(i, ATTRIBUTES[a]))
+            words += tokenize(text)
+        rows.append([index[w] for w in words])
+    out = torch.zeros(len(rows), world.seq_len, dtype=torch.long)
+    for r, row in enumerate(rows):
+        out[r, : len(row)] = torch.tensor(row)
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_time(step_fn, make_tokens, n: int, device: torch.device) -> float:
+    """Seconds per step (batch assembly included), after three warm-up steps."""
+    for _ in range(3):
+        step_fn(make_tokens())
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        step_fn(make_tokens())
+    sync(device)
+    return (time.perf_counter() - t) / n
+
+
+def bench(preset: str, device: torch.device, n_steps: int, run_steps: int) -> list[dict]:
+    config = load_config(ROOT / "configs" / f"{preset}.toml")
+    world = build_world(config.world, config.seed)
+    bios = Biographies(world, device)
+    b = config.train.batch_size
+    sampler = Sampler(build_stages(config.sampling, world, config.train.steps, b), world.n, device)
+    generator = torch.Generator(device).manual_seed(0)
+    model = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
+    step = make_train_step(model, make_optimizer(model, config, fused=device.type == "cuda"), config, device, bios.pad)
+
+    def device_batch():
+        ids = sampler.sample(0, b, generator)
+        return bios.assemble(ids, *bios.random_layout(ids, generator)).tokens
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    fast = step_time(step, device_batch, n_steps, device)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    naive_config = load_config(ROOT / "configs" / f"{preset}.toml", ["train.compile=off"])
+    naive_model = Transformer(naive_config.model, len(world.vocab), world.seq_len).to(device)
+    naive_step = make_train_step(naive_model, make_optimizer(naive_model, naive_config), naive_config, device, bios.pad)
+    cpu_rng = torch.Generator().manual_seed(0)
+    n_train = int((world.split == "train").sum())
+
+    def python_batch():
+        ids = torch.randint(n_train, (b,), generator=cpu_rng).tolist()
+        return naive_batch(world, ids, cpu_rng).to(device)
+
+    naive = step_time(naive_step, python_batch, max(3, n_steps // 3), device)
+
+    tokens = b * (world.seq_len - 1)
+    flops = 6 * model.n_params(embeddings=False) * tokens + 6 * model.embed.weight.numel() * tokens \
+        + 12 * model.n_layers * config.model.d_model * (world.seq_len - 1) * tokens  # matmuls, logits, attention
+    name = f"{preset} (batch {b}, {world.n} individuals)"
+    row = dict(bench="train", device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", config=name)
+    rows = [
+        {**row, "metric": "ms_per_step", "value": 1e3 * fast, "unit": "ms"},
+        {**row, "metric": "tokens_per_s", "value": tokens / fast, "unit": "1/s"},
+        {**row, "metric": "achieved_tflops", "value": flops / fast / 1e12, "unit": "TFLOP/s"},
+        {**row, "metric": "naive_ms_per_step", "value": 1e3 * naive, "unit": "ms"},
+        {**row, "metric": "speedup_over_naive", "value": naive / fast, "unit": "ratio"},
+        {**row, "metric": "peak_memory", "value": peak, "unit": "MiB"},
+        {**row, "metric": "projected_run_min", "value": fast * config.train.steps / 60, "unit": "min (training steps only)"},
+    ]
+    if device.type == "cuda":
+        peak_tflops = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
+        if peak_tflops:
+            rows.append({**row, "metric": "mfu", "value": flops / fast / 1e12 / peak_tflops, "unit": "ratio"})
+
+    if run_steps:
+        walls = {}
+        for label, evals in (("with_plan", config.eval.n_evals), ("first_and_last", 2)):
+            c = load_config(ROOT / "configs" / f"{preset}.toml", [f"train.steps={run_steps}", f"eval.n_evals={evals}"])
+            with tempfile.TemporaryDirectory() as tmp:
+                prepare_run(c, Path(tmp) / "run", resume=False)
+                walls[label] = train(c, Path(tmp) / "run", device, progress=False).wall_s
+        rows += [
+            {**row, "metric": "run_wall_s_with_plan", "value": walls["with_plan"], "unit": f"s for {run_steps} steps"},
+            {**row, "metric": "run_wall_s_without_plan", "value": walls["first_and_last"], "unit": f"s for {run_steps} steps"},
+            {**row, "metric": "metrics_tax", "value": walls["with_plan"] / walls["first_and_last"] - 1, "unit": "ratio"},
+        ]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--run-steps", type=int, default=300, help="steps of the short real runs (0: skip)")
+    args = parser.parse_args()
+    rows = bench(args.preset, torch.device(args.device), args.steps, args.run_steps)
+    print(f"{'metric':<28} {'value':>12}  unit   [{rows[0]['config']}, {rows[0]['device']}]")
+    for r in rows:
+        print(f"{r['metric']:<28} {r['value']:>12.4g}  {r['unit']}")
+    for r in rows:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
