@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve", help="CSV with step and loss columns (optionally accuracy) from any trainer")
     p.add_argument("--baseline", type=float, help="no-knowledge loss in nats, for --curve")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates over individuals (default 200; 0: no intervals)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes for many runs (default 1)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("report", help="write the static report site")

@@ -1,0 +1,222 @@
+"""``phasefit detect``: phases of every run named, files beside them, cross-run statistics.
+
+For each run: ``phases.json`` in the run folder. For each folder of runs named:
+``phases.csv`` (one row per run) and, when its runs vary N, alpha or the sampling
+condition, or repeat seeds, ``crossrun.json``. On the terminal a table (or, with --json, one
+JSON array of the per-run objects) and the cross-run fits. A run that cannot be read or
+analysed becomes a row whose notes say why; the exit code is then 1. Bad arguments (no such
+folder, unreadable curve file, unknown method) raise PhasefitError: one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from phasefit.errors import PhasefitError
+
+
+def analyse_run(path: str, name: str, method: str = "auto", n_boot: int = 200, seed: int = 0) -> dict:
+    """Open and analyse one run; its ``Phases.to_dict()``, or a failed row naming the problem.
+
+    A top-level function so that Dask workers (``--scheduler``) and process pools can run it.
+    """
+    from logstore.errors import StoreError
+    from phasefit.phases import detect
+    from phasefit.runs import open_run
+
+    try:
+        ds = open_run(path)
+    except (StoreError, PhasefitError, OSError, ValueError, KeyError) as err:
+        return _failed(name, method, f"unreadable store: {err}")
+    try:
+        out = detect(ds, method, run=name, n_boot=n_boot, seed=seed).to_dict()
+    except StoreError as err:
+        return _failed(name, method, f"unreadable store: {err}")
+    except Exception as err:  # one run's problem must not stop the analysis of a sweep
+        return _failed(name, method, f"analysis failed: {type(err).__name__}: {err}")
+    return out
+
+
+def _failed(name: str, method: str, note: str) -> dict:
+    from phasefit.phases import Phases
+
+    out = Phases(run=name, status="failed", method=method, complete=False, notes=[note]).to_dict()
+    out["error"] = note
+    return out
+
+
+def _runs(paths: list[str]) -> list[tuple[str, Path, Path | None]]:
+    """(name, run path, folder of runs or None) for every run the arguments name."""
+    from logstore.runs import find_runs
+    from phasefit.runs import is_run
+
+    found = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise PhasefitError(f"{path}: no such run or folder")
+        if not path.is_dir():
+            raise PhasefitError(f"{path}: not a folder (a run folder holds metrics.zarr)")
+        if is_run(path) or path.suffix == ".zarr":
+            found.append((path.name, path, None))
+            continue
+        for name, run in find_runs(path).items():
+            found.append((name, run.with_suffix("") if run.suffix == ".zarr" else run, path))
+    return found
+
+
+def _analyse_all(runs, method: str, n_boot: int, scheduler: str | None, workers: int = 1) -> list[dict]:
+    if scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise PhasefitError("--scheduler needs the 'distributed' package") from None
+        try:
+            client = Client(scheduler, timeout="15s")
+        except (OSError, TimeoutError, ValueError) as err:
+            raise PhasefitError(f"--scheduler {scheduler}: cannot connect ({err})") from None
+        with client:
+            futures = client.map(analyse_run, [str(p) for _, p, _ in runs], [n for n, _, _ in runs],
+                                 method=method, n_boot=n_boot, pure=False)
+            results = []
+            for (name, _, _), future in zip(runs, futures):
+                try:
+                    results.append(future.result())
+                except Exception as err:  # a worker lost, a task killed
+                    results.append(_failed(name, method, f"analysis failed on the cluster: {type(err).__name__}: {err}"))
+            return results
+    if workers > 1 and len(runs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fresh interpreter per worker, safe whatever threads this process holds
+        with ProcessPoolExecutor(min(workers, len(runs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(analyse_run, str(path), name, method, n_boot) for name, path, _ in runs]
+            results = []
+            for (name, _, _), future in zip(runs, futures):
+                try:
+                    results.append(future.result())
+                except Exception as err:  # a worker killed (out of memory, a signal)
+                    results.append(_failed(name, method, f"analysis failed in a worker: {type(err).__name__}: {err}"))
+            return results
+    return [analyse_run(str(path), name, method, n_boot) for name, path, _ in runs]
+
+
+def _write(path: Path, text: str, warn: list[str]) -> None:
+    try:
+        path.write_text(text)
+    except OSError as err:
+        warn.append(f"could not write {path}: {err.strerror or err}")
+
+
+METHODS = ("auto", "threshold", "changepoint", "fit")  # phasefit.detectors.DETECTORS, without importing it
+
+
+def detect_from_cli(args) -> int:
+    """Entry point of ``phasefit detect`` (see cli.py for the arguments)."""
+    method = args.method
+    if method not in METHODS:
+        raise PhasefitError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
+    n_boot = getattr(args, "n_boot", 200)
+    if n_boot < 0:
+        raise PhasefitError(f"--n-boot {n_boot}: must be >= 0")
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise PhasefitError(f"--workers {workers}: must be at least 1")
+    if args.baseline is not None and not args.curve:
+        raise PhasefitError("--baseline goes with --curve FILE.csv (a store carries its own baseline)")
+    if not args.runs_dir and not args.curve:
+        raise PhasefitError("nothing to analyse: give RUNS_DIR... or --curve FILE.csv --baseline B")
+    for raw in args.runs_dir:  # before the heavy imports: a typo answers at once
+        if not Path(raw).exists():
+            raise PhasefitError(f"{raw}: no such run or folder")
+    if args.curve and args.baseline is None:
+        raise PhasefitError(f"{args.curve}: --curve needs --baseline (the no-knowledge loss in nats)")
+
+    results: list[dict] = []
+    warn: list[str] = []
+    if args.curve:
+        from phasefit.curve import Curve
+        from phasefit.phases import detect
+
+        curve = Curve.from_csv(args.curve, args.baseline)
+        results.append(detect(curve, method, run=Path(args.curve).name).to_dict())
+
+    runs = _runs(args.runs_dir)
+    if args.runs_dir and not runs:
+        print(f"phasefit: no runs in {', '.join(args.runs_dir)}", file=sys.stderr)
+    run_results = _analyse_all(runs, method, n_boot, args.scheduler, workers) if runs else []
+    results.extend(run_results)
+
+    from phasefit.crossrun import crossrun
+    from phasefit.phases import phases_table
+
+    for (name, path, _), result in zip(runs, run_results):
+        _write(path / "phases.json", json.dumps(result, indent=1, default=_json_default) + "\n", warn)
+    folders = {}
+    for (name, path, folder), result in zip(runs, run_results):
+        if folder is not None:
+            folders.setdefault(folder, []).append(result)
+    stats = crossrun(run_results) if len(run_results) > 1 else None
+    for folder, rows in folders.items():
+        _write(folder / "phases.csv", phases_table(rows).to_csv(index=False), warn)
+        here = stats if len(rows) == len(run_results) else crossrun(rows)
+        if here is not None and not here.empty():
+            _write(folder / "crossrun.json", json.dumps(here.to_dict(), indent=1, default=_json_default) + "\n", warn)
+
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "error"} for r in results], default=_json_default))
+    else:
+        print(format_table(results))
+        if stats is not None and not stats.empty():
+            print("\ncross-run:\n" + stats.format())
+    for line in warn:
+        print(f"phasefit: warning: {line}", file=sys.stderr)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _steps(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _interval(value, ci) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" + (f" [{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "")
+
+
+def format_table(results: list[dict]) -> str:
+    """The terminal table: one row per run, then the notes of each run."""
+    import pandas as pd
+
+    from phasefit.runs import describe, varying
+
+    if not results:
+        return "no runs analysed"
+    conds = [r.get("conditions") or {} for r in results]
+    keys = varying(conds) or [k for k in ("N", "sampling") if any(k in c for c in conds)]
+    rows = []
+    for r, c in zip(results, conds):
+        acc = r.get("final_accuracy")
+        rows.append({
+            "run": r["run"], "conditions": describe(c, keys) or "-", "status": r.get("status", "-"),
+            "t1": _steps(r.get("t1")), "t2 [95% CI]": _interval(r.get("t2"), r.get("t2_ci")),
+            "plateau [95% CI]": _interval(r.get("plateau_length"), r.get("plateau_ci")),
+            "t3": _steps(r.get("t3")), "final acc": "-" if acc is None else f"{acc:.3f}",
+            "halluc onset": _steps(r.get("hallucination_onset")),
+        })
+    text = pd.DataFrame(rows).to_string(index=False)
+    notes = [f"  {r['run']}: {note}" for r in results for note in (r.get("notes") or [])]
+    method = ", ".join(sorted({str(r.get("method")) for r in results}))
+    return text + f"\n(steps; method: {method})" + ("\nnotes:\n" + "\n".join(notes) if notes else "")

@@ -1,0 +1,157 @@
+"""One loss curve: the object every detector fits.
+
+A ``Curve`` is the population loss L(t) (nats) at evaluation steps t (training steps), the
+no-knowledge baseline B (nats), and optionally the accuracy. It is built from a store's
+population curve, from any ``xarray.DataArray`` or ``pandas.Series`` of loss by step, or from
+a CSV file, so training logs from other trainers are segmented the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from phasefit.errors import PhasefitError
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Population loss by step. Arrays are 1-D, aligned, sorted by step, free of NaN."""
+
+    step: np.ndarray  # training steps of the evaluations
+    loss: np.ndarray  # nats
+    baseline: float  # nats: the no-knowledge loss B
+    accuracy: np.ndarray | None = None  # fraction of facts correct, per step
+    n_steps: float | None = None  # run length in steps (default: the last step)
+
+    @property
+    def run_length(self) -> float:
+        """Steps covered by the run: the scale of the '2% of the run' tolerances."""
+        return float(self.n_steps if self.n_steps else max(self.step[-1], 1))
+
+    @cached_property
+    def log_step(self) -> np.ndarray:
+        """log(1 + step): the axis on which the phases are closest to straight lines."""
+        return np.log1p(self.step.astype(float))
+
+    def with_loss(self, loss: np.ndarray) -> "Curve":
+        """The same evaluation steps with another loss (a bootstrap replicate, a smoothing)."""
+        other = Curve(self.step, loss, self.baseline, self.accuracy, self.n_steps)
+        if "log_step" in self.__dict__:
+            other.__dict__["log_step"] = self.log_step  # same steps: reuse the cached axis
+        return other
+
+    @classmethod
+    def clean(cls, step, loss, baseline, accuracy=None, n_steps=None) -> "Curve":
+        """Sort by step and drop steps whose loss is NaN or infinite."""
+        step = np.asarray(step, dtype=float)
+        loss = np.asarray(loss, dtype=float)
+        keep = np.isfinite(loss) & np.isfinite(step)
+        order = np.argsort(step[keep], kind="stable")
+        acc = None if accuracy is None else np.asarray(accuracy, dtype=float)[keep][order]
+        return cls(step[keep][order], loss[keep][order], float(baseline), acc, n_steps)
+
+    @classmethod
+    def from_series(cls, loss, baseline: float | None = None, accuracy=None, n_steps=None) -> "Curve":
+        """From an ``xarray.DataArray`` (dimension ``step``) or ``pandas.Series`` (index = step).
+
+        The baseline comes from the argument, else from ``loss.attrs["baseline"]``.
+        """
+        if baseline is None:
+            baseline = getattr(loss, "attrs", {}).get("baseline")
+        if baseline is None or not np.isfinite(baseline):
+            raise PhasefitError("a plain curve needs its baseline (the no-knowledge loss, nats): pass baseline=")
+        if hasattr(loss, "dims"):  # xarray
+            if loss.ndim != 1:
+                raise PhasefitError(f"a curve must be 1-D over step, got dimensions {loss.dims}")
+            dim = loss.dims[0]
+            step = loss[dim].values
+            values = loss.values
+            if accuracy is not None and hasattr(accuracy, "dims"):
+                accuracy = accuracy.values
+        else:  # pandas
+            step = np.asarray(loss.index, dtype=float)
+            values = np.asarray(loss.values, dtype=float)
+            if accuracy is not None and hasattr(accuracy, "index"):
+                accuracy = accuracy.reindex(loss.index).values
+        return cls.clean(step, values, baseline, accuracy, n_steps)
+
+    @classmethod
+    def from_csv(cls, path: str | Path, baseline: float | None) -> "Curve":
+        """From a CSV with ``step`` and ``loss`` columns (optionally ``accuracy``)."""
+        import pandas as pd
+
+        path = Path(path)
+        if baseline is None:
+            raise PhasefitError(f"{path}: --curve needs --baseline (the no-knowledge loss in nats)")
+        try:
+            table = pd.read_csv(path)
+        except FileNotFoundError:
+            raise PhasefitError(f"{path}: no such file") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise PhasefitError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+        columns = {str(c).strip().lower(): c for c in table.columns}
+        missing = [c for c in ("step", "loss") if c not in columns]
+        if missing:
+            raise PhasefitError(f"{path}: no '{missing[0]}' column (columns: {', '.join(map(str, table.columns))})")
+        step = pd.to_numeric(table[columns["step"]], errors="coerce")
+        loss = pd.to_numeric(table[columns["loss"]], errors="coerce")
+        acc = pd.to_numeric(table[columns["accuracy"]], errors="coerce") if "accuracy" in columns else None
+        curve = cls.clean(step, loss, baseline, acc)
+        if len(curve.step) == 0:
+            raise PhasefitError(f"{path}: no rows with a numeric step and loss")
+        return curve
+
+
+def estimate_noise(curve: Curve) -> float:
+    """Standard deviation of the loss noise (nats), from local pseudo-residuals.
+
+    Each point is compared with the straight line through its two neighbours (on the
+    log-step axis); for independent noise that difference has variance
+    sigma^2 (1 + w_left^2 + w_right^2). The median absolute value makes the estimate blind to
+    the few points at phase boundaries where the curve bends.
+    """
+    x, y = curve.log_step, curve.loss
+    if len(y) < 5:
+        return float("nan")
+    x0, x1, x2 = x[:-2], x[1:-1], x[2:]
+    w = (x1 - x0) / np.maximum(x2 - x0, 1e-12)  # weight of the right neighbour
+    residual = y[1:-1] - ((1 - w) * y[:-2] + w * y[2:])
+    scaled = residual / np.sqrt(1 + (1 - w) ** 2 + w**2)
+    return float(1.4826 * np.median(np.abs(scaled)))
+
+
+def interpolate_crossing(curve: Curve, i: int, level: float) -> float:
+    """Step where the loss crosses ``level`` between evaluations i and i + 1.
+
+    Linear on the log-step axis; returns step i + 1 itself when the two losses are equal.
+    """
+    x, y = curve.log_step, curve.loss
+    if i + 1 >= len(y) or y[i + 1] == y[i]:
+        return float(curve.step[min(i + 1, len(y) - 1)])
+    f = np.clip((level - y[i]) / (y[i + 1] - y[i]), 0.0, 1.0)
+    return float(np.expm1(x[i] + f * (x[i + 1] - x[i])))
+
+
+def smooth_for_band(curve: Curve, band: float, window: int | str = "auto") -> tuple[Curve, int]:
+    """Running-median smoothing so that the noise stays below a quarter of ``band`` (nats).
+
+    ``window`` "auto" picks the smallest odd window (at most 15 evaluations) that brings the
+    estimated noise below band / 4 (a median of w points has sd about 1.25 sigma / sqrt(w));
+    an integer forces that window; 1 leaves the curve as is. Returns the curve and the window.
+    """
+    from scipy.ndimage import median_filter
+
+    if window == "auto":
+        noise = estimate_noise(curve)
+        if not np.isfinite(noise) or band <= 0 or noise <= band / 4:
+            window = 1
+        else:
+            window = min(int(np.ceil((4 * 1.25 * noise / band) ** 2)) | 1, 15)
+    window = max(int(window), 1)
+    if window > 1 and len(curve.loss) > window:
+        curve = curve.with_loss(median_filter(curve.loss, size=window, mode="nearest"))
+    return curve, window

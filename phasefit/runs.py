@@ -1,0 +1,82 @@
+"""Finding, opening and describing runs: run folders, their stores and their conditions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+
+STORE = "metrics.zarr"
+# Short names for the conditions shown in tables.
+SHORT = {"world.n_individuals": "N", "sampling.kind": "sampling", "sampling.alpha": "alpha",
+         "sampling.warmup_individuals": "warmup", "sampling.warmup_epochs": "warmup_epochs",
+         "sampling.celebrities": "celebrities", "sampling.celebrity_weight": "celebrity_weight",
+         "train.lr": "lr", "train.steps": "steps", "train.batch_size": "batch", "model.preset": "model",
+         "train.weight_decay": "wd", "world.n_finetune": "n_finetune", "sampling.replay_weight": "replay"}
+
+
+def is_run(path: Path) -> bool:
+    return (path / STORE).is_dir()
+
+
+def open_run(path: str | Path) -> xr.Dataset:
+    """A run's store as a lazy Dataset of its committed rows (``logstore.open_run``)."""
+    from logstore import open_run as logstore_open_run
+
+    return logstore_open_run(path)
+
+
+def run_config(ds: xr.Dataset) -> dict:
+    """The run's resolved configuration (the store attribute ``config``), {} if absent."""
+    raw = ds.attrs.get("config", "{}")
+    if isinstance(raw, dict):
+        return raw
+    try:
+        return json.loads(raw) or {}
+    except (TypeError, ValueError):
+        return {}
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def conditions(config: dict) -> dict:
+    """The conditions of a run under short names (N, sampling, alpha, lr, steps, ..., seed)."""
+    flat = flatten(config)
+    out = {short: flat[key] for key, short in SHORT.items() if key in flat}
+    kind = flat.get("sampling.kind", "uniform")
+    # Parameters of other sampling kinds do not describe this run.
+    unused = {"uniform": ("alpha", "warmup", "warmup_epochs", "celebrities", "celebrity_weight", "replay"),
+              "power_law": ("warmup", "warmup_epochs", "celebrities", "celebrity_weight", "replay"),
+              "celebrities": ("alpha", "warmup", "warmup_epochs", "replay"),
+              "warmup": ("alpha", "celebrities", "celebrity_weight", "replay")}.get(kind, ())
+    for key in unused:
+        out.pop(key, None)
+    if "seed" in flat:
+        out["seed"] = flat["seed"]
+    return out
+
+
+def varying(all_conditions: list[dict]) -> list[str]:
+    """Condition names whose values differ between runs (for the table's conditions column)."""
+    keys = sorted({k for c in all_conditions for k in c}, key=lambda k: list(SHORT.values()).index(k)
+                  if k in SHORT.values() else 99)
+    return [k for k in keys if len({json.dumps(c.get(k)) for c in all_conditions}) > 1]
+
+
+def describe(cond: dict, keys: list[str]) -> str:
+    def show(v):
+        return f"{v:g}" if isinstance(v, float) and np.isfinite(v) else str(v)
+
+    return " ".join(f"{k}={show(cond[k])}" for k in keys if k in cond)

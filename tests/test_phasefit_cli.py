@@ -1,0 +1,109 @@
+"""``phasefit detect`` from the command line: tables, JSON, files, bad input, a Dask cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phasefit.cli import main
+from phasefit.simulate import simulate, to_store
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """A folder of small runs: two seeds at N=300, one at N=600, one still running, one corrupt."""
+    root = tmp_path_factory.mktemp("runs")
+    for name, n, seed in (("n300-s0", 300, 0), ("n300-s1", 300, 1), ("n600-s0", 600, 0)):
+        to_store(simulate(n_individuals=n, n_heldout=30, seed=seed), root / name)
+    to_store(simulate(n_individuals=300, n_heldout=30, seed=5), root / "live", status="running", committed=100)
+    broken = to_store(simulate(n_individuals=100, n_heldout=10, seed=6), root / "broken")
+    for chunk in (broken / "metrics.zarr" / "loss").rglob("c*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"garbage")
+    return root
+
+
+def test_detect_json_table_and_files(runs_dir):
+    proc = run_cli("detect", str(runs_dir), "--json", "--n-boot", "40")
+    assert proc.returncode == 1, proc.stderr  # the corrupt run is reported, and flagged by the exit code
+    assert "Traceback" not in proc.stderr
+    rows = {r["run"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {"n300-s0", "n300-s1", "n600-s0", "live", "broken"}
+    for name in ("n300-s0", "n300-s1", "n600-s0"):
+        r = rows[name]
+        assert r["status"] == "complete" and abs(r["t2"] - 4000) < 320 and len(r["t2_ci"]) == 2
+        assert (runs_dir / name / "phases.json").exists()
+    assert rows["live"]["status"] == "running" and rows["live"]["notes"][0].startswith("incomplete")
+    assert rows["broken"]["status"] == "failed" and "unreadable store" in rows["broken"]["notes"][0]
+    table = pd.read_csv(runs_dir / "phases.csv")
+    assert set(table["run"]) == set(rows) and {"t2_lo", "t2_hi", "plateau_length", "cond_N"} <= set(table.columns)
+    cross = json.loads((runs_dir / "crossrun.json").read_text())
+    assert cross["seeds"] and any("not complete" in n for n in cross["notes"])
+
+
+
+def test_detect_table_for_named_runs(runs_dir, capsys):
+    assert main(["detect", str(runs_dir / "n300-s0"), str(runs_dir / "n600-s0"), "--n-boot", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "t2 [95% CI]" in out and "N=300" in out and "N=600" in out and "halluc onset" in out
+
+
+def test_detect_a_csv_curve_from_another_trainer(tmp_path, capsys):
+    from phasefit.curves import population_curves, split_curve
+
+    ds = simulate(n_individuals=400, n_heldout=10, seed=3)
+    curve = split_curve(ds, population_curves(ds))
+    path = tmp_path / "log.csv"
+    pd.DataFrame({"step": curve.step, "loss": curve.loss, "accuracy": curve.accuracy}).to_csv(path, index=False)
+    assert main(["detect", "--curve", str(path), "--baseline", str(curve.baseline), "--json", "--method", "fit"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["run"] == "log.csv" and row["method"] == "fit" and abs(row["t2"] - 4000) < 320
+    assert row["final_accuracy"] == pytest.approx(curve.accuracy[-1], rel=1e-4)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["detect", "/no/such/dir"], "/no/such/dir: no such run or folder"),
+    (["detect", "--curve", "x.csv"], "--curve needs --baseline"),
+    (["detect", "--method", "magic", "."], "--method magic: unknown"),
+    (["detect"], "nothing to analyse"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and message in err and err.startswith("phasefit: error: ")
+
+
+def test_bad_csv_and_empty_folder(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("when,value\n1,2\n")
+    assert main(["detect", "--curve", str(bad), "--baseline", "6.8"]) == 2
+    assert "no 'step' column" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["detect", str(empty), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [] and "no runs in" in captured.err
+
+
+def test_scheduler_fans_the_runs_out_over_a_dask_cluster(runs_dir, tmp_path):
+    from distributed import LocalCluster
+
+    from phasefit.commands import detect_from_cli
+
+    folder = tmp_path / "two"
+    for name in ("n300-s0", "n600-s0"):
+        shutil.copytree(runs_dir / name, folder / name)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        args = argparse.Namespace(runs_dir=[str(folder)], json=True, method="threshold", scheduler=cluster.scheduler_address,
+                                  curve=None, baseline=None, n_boot=20, workers=1)
+        assert detect_from_cli(args) == 0
+    local = json.loads((folder / "n300-s0" / "phases.json").read_text())
+    assert local["method"] == "threshold" and local["t2"] == pytest.approx(
+        json.loads((runs_dir / "n300-s0" / "phases.json").read_text())["estimates"]["threshold"]["t2"])
+    assert np.isfinite(local["t2_ci"]).all()

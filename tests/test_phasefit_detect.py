@@ -1,0 +1,107 @@
+"""phasefit.detect on Datasets: the Phases contract, lazy stores, and inputs that must not crash."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import phasefit
+from phasefit.curves import population_curves
+from phasefit.simulate import simulate, to_store
+
+JSON_FIELDS = {"run", "status", "t1", "t2", "t3", "plateau_length", "plateau_ci", "t2_ci", "final_accuracy",
+               "hallucination_onset", "method", "notes"}
+
+
+@pytest.fixture(scope="module")
+def small():
+    return simulate(n_individuals=300, n_heldout=60, seed=11)
+
+
+def test_phases_json_has_the_design_fields_and_is_strict_json(small):
+    phases = phasefit.detect(small, n_boot=50)
+    out = phases.to_dict()
+    assert JSON_FIELDS <= set(out)
+    assert {"t1_ci", "t3_ci", "hallucination_onset_ci", "hallucination_lag", "final_accuracy_ci",
+            "acquisition_by_decile", "estimates", "sources", "diagnostics", "conditions"} <= set(out)
+    text = json.dumps(out, allow_nan=False)  # no NaN or numpy types leak into the JSON
+    back = json.loads(text)
+    assert back["status"] == "complete" and back["method"] == "auto"
+    assert back["plateau_length"] == pytest.approx(back["t2"] - back["t1"], rel=1e-6)
+    lo, hi = back["plateau_ci"]
+    assert lo <= back["plateau_length"] <= hi
+    assert set(back["estimates"]) == {"threshold", "changepoint", "fit"}
+    assert "gap" not in back and "acquisition" not in back  # large series stay in Python
+
+
+def test_population_curves_are_means_over_evaluated_facts(small):
+    curves = population_curves(small)
+    assert curves["loss"].dims == ("step", "split", "attribute")
+    train = small["loss"].where(small["split"] == "train")
+    np.testing.assert_allclose(curves["loss"].sel(split="train").values,
+                               train.mean("individual").values, rtol=1e-5)
+    np.testing.assert_allclose(curves["mean_loss"].sel(split="train").values,
+                               train.mean(("individual", "attribute")).values, rtol=1e-5)
+    accuracy = small["correct"].where(small["split"] == "train").mean(("individual", "attribute"))
+    np.testing.assert_allclose(curves["mean_accuracy"].sel(split="train").values, accuracy.values, rtol=1e-5)
+
+
+def test_lazy_dask_dataset_gives_the_same_phases(small):
+    eager = phasefit.detect(small, n_boot=30)
+    lazy = phasefit.detect(small.chunk({"step": 16, "individual": 128}), n_boot=30)
+    for key in ("t1", "t2", "t3", "final_accuracy", "hallucination_onset"):
+        assert getattr(lazy, key) == pytest.approx(getattr(eager, key))
+    assert lazy.t2_ci == pytest.approx(eager.t2_ci)
+    assert lazy.acquisition_by_decile == eager.acquisition_by_decile
+
+
+def test_store_written_by_logstore_reads_back_to_the_same_phases(small, tmp_path):
+    import logstore
+
+    to_store(small, tmp_path / "run")
+    from_store = phasefit.detect(logstore.open_run(tmp_path / "run"), n_boot=30)
+    in_memory = phasefit.detect(small, n_boot=30)
+    assert from_store.t2 == pytest.approx(in_memory.t2)
+    assert from_store.final_accuracy == pytest.approx(in_memory.final_accuracy)
+    assert from_store.acquisition_by_decile == in_memory.acquisition_by_decile
+
+
+def test_subset_evaluation_still_finds_the_phases():
+    ds = simulate(n_individuals=2000, n_heldout=200, eval_subset=300, n_full=12, seed=12)
+    assert np.isnan(ds["loss"].values).mean() > 0.5
+    phases = phasefit.detect(ds, n_boot=50)
+    assert abs(phases.t2 - 4000) / 16000 < 0.02
+    assert phases.acquisition_by_decile[0]["n_facts"] == 1200
+
+
+def test_running_and_failed_runs_are_flagged(small):
+    running = small.isel(step=slice(0, 120)).assign_attrs(status="running", committed_steps=120)
+    phases = phasefit.detect(running, n_boot=20)
+    assert phases.status == "running" and not phases.complete
+    assert phases.t2 is not None and phases.t3 is None  # saturation lies beyond the committed rows
+    assert phases.notes[0].startswith("incomplete: still running")
+    failed = phasefit.detect(small.assign_attrs(status="failed"), n_boot=0)
+    assert failed.status == "failed" and any("run failed" in n for n in failed.notes)
+
+
+def test_nan_curves_and_empty_stores_give_notes_not_errors(small):
+    all_nan = small.copy()
+    all_nan["loss"] = all_nan["loss"] * np.nan
+    phases = phasefit.detect(all_nan)
+    assert phases.t1 is None and "train loss is NaN at every evaluation" in phases.notes
+    json.dumps(phases.to_dict(), allow_nan=False)
+    empty = phasefit.detect(small.isel(step=slice(0, 0)))
+    assert empty.t1 is None and empty.notes == ["no committed evaluation steps"]
+    some_nan = small.copy(deep=True)
+    some_nan["loss"][5:8] = np.nan  # three evaluations lost
+    partial = phasefit.detect(some_nan, n_boot=20)
+    assert partial.t2 is not None and any("3 evaluations had no finite train loss" in n for n in partial.notes)
+
+
+def test_a_run_without_plateau_says_so():
+    ds = simulate(n_individuals=300, n_heldout=10, t1=300, t2=310, t3=3000, seed=13)
+    phases = phasefit.detect(ds, "threshold", n_boot=20)
+    assert phases.plateau_length < 160
+    assert any(n.startswith("no plateau") for n in phases.notes)
