@@ -34,7 +34,8 @@ def onset(curve: Curve, tol: float = 0.02, smooth: int | str = "auto") -> Halluc
         return HallucinationOnset(float(value), [], window)
     if not (smoothed.loss <= curve.baseline * (1 + tol)).any():
         return HallucinationOnset(None, [f"held-out loss never came down to the baseline (lowest "
-                                         f"{curve.loss.min():.3g} nats)"], window)
+                                         f"{smoothed.loss.min():.3g} nats after smoothing over {window} "
+                                         f"evaluations, baseline {curve.baseline:.3g})"], window)
     return HallucinationOnset(None, [f"no hallucination onset: held-out loss within {tol:.0%} of the "
                                      f"baseline at the last evaluation (step {curve.step[-1]:.0f})"], window)
 
