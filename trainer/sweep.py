@@ -91,7 +91,7 @@ def format_value(value) -> str:
     if isinstance(value, int):
         return str(value)
     text = str(value)
-    return "".join(c if c.isalnum() or c in "._" else "_" for c in text) or "_"
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text) or "_"
 
 
 def condition_label(conditions: dict) -> str:
@@ -298,8 +298,9 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, d
             outcomes[run.name] = Outcome(run.name, "failed", why)
         else:
             todo.append(run)
-    echo(f"sweep {sweep.name}: {len(sweep.runs)} runs in {sweep.folder}; {len(sweep.runs) - len(todo)} done or "
-         f"blocked, {len(todo)} to run")
+    blocked = sum(1 for o in outcomes.values() if o.status == "failed")
+    echo(f"sweep {sweep.name}: {len(sweep.runs)} runs in {sweep.folder}; {len(outcomes) - blocked} already complete, "
+         + (f"{blocked} blocked, " if blocked else "") + f"{len(todo)} to run")
     for o in outcomes.values():
         if o.status == "failed":
             echo(f"  {o.name}: not run: {o.message}")

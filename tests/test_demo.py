@@ -1,0 +1,56 @@
+"""phasefit demo: the whole pipeline on the CPU, and the study's two findings on its own output."""
+
+import json
+
+import numpy as np
+import pytest
+
+import logstore
+from conftest import run_cli
+from trainer.config import load_config
+
+
+def plateau_in_store(run) -> float:
+    """Steps the trained individuals' mean loss spends within 5% of the baseline: the plateau,
+    read from the store without phasefit's detectors."""
+    ds = logstore.open_run(run)
+    curves = logstore.population_curves(ds)
+    loss = curves.loss.sel(split="train").mean("attribute").values
+    near = np.abs(loss - float(ds.baseline.mean())) <= 0.05 * float(ds.baseline.mean())
+    steps = ds.step.values
+    return float(sum(b - a for a, b, x, y in zip(steps, steps[1:], near, near[1:]) if x and y))
+
+
+@pytest.mark.slow
+def test_the_demo_measures_a_plateau_that_grows_with_n_and_shrinks_under_a_power_law(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    runs = sorted(p.parent for p in (out / "runs").rglob("metrics.zarr"))
+    detected, measured = {}, {}
+    for run in runs:
+        config = load_config(run / "config.toml")
+        key = (config.sampling.kind, config.world.n_individuals)
+        phases = json.loads((run / "phases.json").read_text())  # written by the demo's detect step
+        assert phases["status"] == "complete" and phases["t1"] is not None
+        detected[key] = phases["plateau_length"]
+        measured[key] = plateau_in_store(run)
+    sizes = sorted({n for _, n in detected})
+    assert len(sizes) == 3 and {kind for kind, _ in detected} == {"uniform", "power_law"} and len(runs) == 6
+
+    for plateau in (detected, measured):  # phasefit's detectors, and a plain reading of the stores
+        for kind in ("uniform", "power_law"):
+            series = [plateau[kind, n] for n in sizes]
+            assert all(v is not None and v > 0 for v in series), (kind, series)
+            assert all(a < b for a, b in zip(series, series[1:])), f"{kind}: plateau {series} for N = {sizes}"
+    for n in sizes:
+        assert detected["power_law", n] < detected["uniform", n], (n, detected)
+    assert measured["power_law", sizes[-1]] < measured["uniform", sizes[-1]], measured
+
+    # What the user sees: the phase table, the findings, and where the report is.
+    assert "plateau [95% CI]" in proc.stdout
+    assert "plateau grows with N, uniform: yes" in proc.stdout
+    assert "shorter under the power law" in proc.stdout and ": NO:" not in proc.stdout
+    index = out / "report" / "index.html"
+    assert index.exists() and str(index) in proc.stdout
