@@ -1,7 +1,6 @@
 """Sweeps: files into runs, a local pool and a real Dask cluster, restarts, failures."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

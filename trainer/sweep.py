@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,7 +271,8 @@ class Outcome:
     status: str
     message: str = ""
     wall_s: float = 0.0
-    where: str = ""
+    where: str = ""  # the machine or Dask worker that ran it
+    skipped: bool = False  # complete before this sweep started
 
 
 def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, device: str = "auto",
@@ -293,7 +293,7 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, d
     for run in sweep.runs:
         state, why = run_state(run)
         if state == "complete":
-            outcomes[run.name] = Outcome(run.name, "complete", "already complete", where="skipped")
+            outcomes[run.name] = Outcome(run.name, "complete", "already complete", skipped=True)
         elif state in ("conflict", "busy"):
             outcomes[run.name] = Outcome(run.name, "failed", why)
         else:
@@ -326,7 +326,10 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, d
             line += f" ({outcome.wall_s:.0f} s)"
         if outcome.status != "complete" and outcome.message:
             line += f": {outcome.message}"
-        bar.write(line) if not bar.disable else echo(line)
+        if bar.disable:
+            echo(line)
+        else:
+            bar.write(line)
 
     try:
         while waiting or active:
@@ -374,7 +377,7 @@ def summarise(sweep: Sweep, outcomes: list[Outcome]) -> str:
     counts = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    skipped = sum(1 for o in outcomes if o.where == "skipped")
+    skipped = sum(1 for o in outcomes if o.skipped)
     parts = [f"{n} {status}" + (f" ({skipped} already)" if status == "complete" and skipped else "")
              for status, n in counts.items()]
     return f"sweep {sweep.name}: {len(outcomes)} runs: {', '.join(parts)}; runs in {sweep.folder}"
@@ -393,8 +396,3 @@ def sweep_from_cli(sweep_path: str, out: str | None = "runs", workers: int = 1, 
         print(f"phasefit: sweep interrupted; continue with: phasefit sweep {sweep_path} --out {out or 'runs'}")
         return 130
     return 1 if any(o.status != "complete" for o in outcomes) else 0
-
-
-def describe(sweep: Sweep) -> str:
-    """The runs of a sweep and their conditions, one per line (for docs and dry runs)."""
-    return "\n".join(f"{r.name}: {json.dumps(r.conditions)}" for r in sweep.runs)
