@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from logstore.runs import flatten_config as flatten
 from trainer.config import Config, ConfigError, from_dict, read_toml
 from trainer.run import to_toml
 
@@ -58,17 +59,6 @@ class Sweep:
 
     def run(self, name: str) -> RunSpec:
         return next(r for r in self.runs if r.name == name)
-
-
-def flatten(table: dict, prefix: str = "") -> dict:
-    """{"train": {"steps": 5}, "seed": 1} -> {"train.steps": 5, "seed": 1}."""
-    flat = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def is_config_key(key: str) -> bool:
