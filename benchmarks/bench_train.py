@@ -1,13 +1,14 @@
 """Training speed: ms per step, tokens/s, MFU, peak memory, the metrics tax, and a naive baseline.
 
-    python benchmarks/bench_train.py --preset tiny [--device cpu] [--steps 30] [--run-steps 300]
-    python benchmarks/bench_train.py --preset paper --device cuda     # on a GPU machine
+    python benchmarks/bench_train.py --preset tiny [--device cpu] [--steps 30] [--run]
+    python benchmarks/bench_train.py --preset paper --device cuda --run     # on a GPU machine
 
 Measures, in one process:
 - the loop's training step (device-side batches; bf16 + torch.compile on CUDA) against a naive
   baseline (same model and precision, eager, batches written in Python from strings);
-- a short real run (``trainer.loop.train``) with the preset's evaluation plan and with only
-  the first and last evaluations: the ratio of wall times is the metrics tax;
+- with ``--run``, the preset's default run (``trainer.loop.train``, evaluation plan included):
+  its wall time, and the metrics tax (seconds in evaluations / all other seconds);
+- on CUDA, the same step without CUDA graphs (``train.cuda_graphs = false``);
 - MFU against the detected GPU's bf16 peak (dense), and peak memory.
 Prints a table and one JSON line per measurement.
 """
@@ -73,27 +74,34 @@ def step_time(step_fn, make_tokens, n: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / n
 
 
-def bench(preset: str, device: torch.device, n_steps: int, run_steps: int) -> list[dict]:
-    config = load_config(ROOT / "configs" / f"{preset}.toml")
+def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides: list[str]) -> list[dict]:
+    config = load_config(ROOT / "configs" / f"{preset}.toml", overrides)
     world = build_world(config.world, config.seed)
     bios = Biographies(world, device)
     b = config.train.batch_size
     sampler = Sampler(build_stages(config.sampling, world, config.train.steps, b), world.n, device)
     generator = torch.Generator(device).manual_seed(0)
-    model = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
-    step = make_train_step(model, make_optimizer(model, config, fused=device.type == "cuda"), config, device, bios.pad)
 
     def device_batch():
         ids = sampler.sample(0, b, generator)
         return bios.assemble(ids, *bios.random_layout(ids, generator)).tokens
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    fast = step_time(step, device_batch, n_steps, device)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def loop_step(extra: list[str]) -> tuple[float, float, Transformer]:
+        """Seconds per step of the loop's training step, and its peak memory (MiB)."""
+        c = load_config(ROOT / "configs" / f"{preset}.toml", overrides + extra)
+        model = Transformer(c.model, len(world.vocab), world.seq_len).to(device)
+        step = make_train_step(model, make_optimizer(model, c, fused=device.type == "cuda"), c, device, bios.pad)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds = step_time(step, device_batch, n_steps, device)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return seconds, peak, model
 
-    naive_config = load_config(ROOT / "configs" / f"{preset}.toml", ["train.compile=off"])
+    fast, peak, model = loop_step([])  # the loop's step as configured (on CUDA: compiled, with CUDA graphs)
+    without_graphs = loop_step(["train.cuda_graphs=false"])[0] if device.type == "cuda" else None
+
+    naive_config = load_config(ROOT / "configs" / f"{preset}.toml", overrides + ["train.compile=off"])
     naive_model = Transformer(naive_config.model, len(world.vocab), world.seq_len).to(device)
     naive_step = make_train_step(naive_model, make_optimizer(naive_model, naive_config), naive_config, device, bios.pad)
     cpu_rng = torch.Generator().manual_seed(0)
@@ -119,22 +127,25 @@ def bench(preset: str, device: torch.device, n_steps: int, run_steps: int) -> li
         {**row, "metric": "peak_memory", "value": peak, "unit": "MiB"},
         {**row, "metric": "projected_run_min", "value": fast * config.train.steps / 60, "unit": "min (training steps only)"},
     ]
+    if without_graphs is not None:
+        rows.append({**row, "metric": "ms_per_step_without_graphs", "value": 1e3 * without_graphs, "unit": "ms"})
     if device.type == "cuda":
         peak_tflops = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
         if peak_tflops:
             rows.append({**row, "metric": "mfu", "value": flops / fast / 1e12 / peak_tflops, "unit": "ratio"})
 
-    if run_steps:
-        walls = {}
-        for label, evals in (("with_plan", config.eval.n_evals), ("first_and_last", 2)):
-            c = load_config(ROOT / "configs" / f"{preset}.toml", [f"train.steps={run_steps}", f"eval.n_evals={evals}"])
-            with tempfile.TemporaryDirectory() as tmp:
-                prepare_run(c, Path(tmp) / "run", resume=False)
-                walls[label] = train(c, Path(tmp) / "run", device, progress=False).wall_s
+    if run:
+        # The preset's default run, evaluation plan included: its wall time, and the metrics tax
+        # (seconds in evaluations / seconds in everything else).
+        with tempfile.TemporaryDirectory() as tmp:
+            prepare_run(config, Path(tmp) / "run", resume=False)
+            summary = train(config, Path(tmp) / "run", device, progress=False)
+        evals = summary.timings.get("evaluations", 0.0)
         rows += [
-            {**row, "metric": "run_wall_s_with_plan", "value": walls["with_plan"], "unit": f"s for {run_steps} steps"},
-            {**row, "metric": "run_wall_s_without_plan", "value": walls["first_and_last"], "unit": f"s for {run_steps} steps"},
-            {**row, "metric": "metrics_tax", "value": walls["with_plan"] / walls["first_and_last"] - 1, "unit": "ratio"},
+            {**row, "metric": "run_wall_s", "value": summary.wall_s, "unit": f"s for {summary.steps} steps"},
+            *({**row, "metric": f"run_{part}_s", "value": seconds, "unit": "s"} for part, seconds in summary.timings.items()),
+            {**row, "metric": "metrics_tax", "value": evals / (summary.wall_s - evals), "unit": "ratio"},
+            {**row, "metric": "run_final_accuracy", "value": summary.final_accuracy, "unit": "trained facts"},
         ]
     return rows
 
@@ -144,9 +155,11 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-    parser.add_argument("--run-steps", type=int, default=300, help="steps of the short real runs (0: skip)")
+    parser.add_argument("--run", action="store_true", help="also train the preset's default run (wall time, metrics tax)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key of the preset (repeatable)")
     args = parser.parse_args()
-    rows = bench(args.preset, torch.device(args.device), args.steps, args.run_steps)
+    rows = bench(args.preset, torch.device(args.device), args.steps, args.run, args.overrides)
     print(f"{'metric':<28} {'value':>12}  unit   [{rows[0]['config']}, {rows[0]['device']}]")
     for r in rows:
         print(f"{r['metric']:<28} {r['value']:>12.4g}  {r['unit']}")

@@ -115,6 +115,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     init_from: str = ""  # a finished run directory to start from (fine-tuning)
     compile: str = "auto"  # auto | on | off (auto: on for CUDA)
+    cuda_graphs: bool = True  # CUDA graphs for the compiled CUDA step (torch.compile's reduce-overhead mode)
     checkpoint_every_s: float = 300.0  # resume state at most this often (wall seconds)
     n_checkpoints: int = 8  # log-spaced weight checkpoints
 
@@ -125,8 +126,9 @@ class EvalConfig:
 
     n_evals: int = 200  # evaluation steps over the run
     log_fraction: float = 0.3  # share of evaluation steps spaced logarithmically early on
-    subset: int = 4096  # individuals per split evaluated at every step (0: everyone)
-    n_full: int = 24  # evaluation steps at which every individual is evaluated
+    subset: int = 4096  # trained (and fine-tuning) individuals evaluated at every step (0: everyone)
+    heldout_subset: int = 1024  # held-out individuals evaluated at every step (0: everyone)
+    n_full: int = 16  # evaluation steps at which every individual is evaluated
     batch_size: int = 1024  # probe sequences per forward pass
     attention_probe: int = 64  # individuals in the fixed attention-signature batch
 
@@ -255,6 +257,7 @@ def validate(c: Config, source: str = "config") -> None:
     _check(e.n_evals >= 2, source, "eval.n_evals", "must be at least 2")
     _check(0 <= e.log_fraction <= 1, source, "eval.log_fraction", "must be between 0 and 1")
     _check(e.subset >= 0, source, "eval.subset", "must be >= 0 (0: everyone at every step)")
+    _check(e.heldout_subset >= 0, source, "eval.heldout_subset", "must be >= 0 (0: everyone at every step)")
     _check(e.n_full >= 0, source, "eval.n_full", "must be >= 0")
     _check(e.batch_size >= 1, source, "eval.batch_size", "must be at least 1")
     _check(e.attention_probe >= 1, source, "eval.attention_probe", "must be at least 1")

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import logstore
@@ -42,6 +46,9 @@ class Summary:
     final_accuracy: float
     wall_s: float
     status: str
+    # Wall seconds by part: setup (world, model, store), first_step (compilation included),
+    # evaluations (probes, handing rows to the store), checkpoints (weights and resume states).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def learning_rate(config: Config, step: int) -> float:
@@ -68,23 +75,42 @@ def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config
                     pad: int):
     """One optimiser update on a batch of tokens; returns the mean token loss as a device tensor.
 
-    On CUDA: bf16 autocast and ``torch.compile`` (``train.compile``); on CPU: fp32, eager unless
+    On CUDA: bf16 autocast, and ``torch.compile`` of forward, loss and backward (``train.compile``),
+    with CUDA graphs when ``train.cuda_graphs`` is on; on CPU: fp32, eager unless
     ``train.compile = "on"``. Padding positions carry no loss.
     """
     use_cuda = device.type == "cuda"
-    compiled = torch.compile(model) if (config.train.compile == "on" or (config.train.compile == "auto" and use_cuda)) else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
+
+    def token_loss(tokens: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
+            logits = model(tokens[:, :-1])
+        return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=pad)
+
+    t = config.train
+    if use_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True  # the few fp32 matmuls outside autocast
+    compiled = None
+    if t.compile == "on" or (t.compile == "auto" and use_cuda):
+        compiled = torch.compile(token_loss, mode="reduce-overhead" if use_cuda and t.cuda_graphs else None)
 
     def train_step(tokens: torch.Tensor) -> torch.Tensor:
-        with autocast:
-            logits = compiled(tokens[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=pad)
+        nonlocal compiled
+        if compiled is None:
+            loss = token_loss(tokens)
+        else:
+            try:
+                loss = compiled(tokens)
+            except torch._dynamo.exc.BackendCompilerFailed as err:  # a compiler bug must not cost the run
+                print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                      f"training eagerly (train.compile = \"off\" skips compilation)", file=sys.stderr)
+                compiled = None
+                loss = token_loss(tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
-        return loss.detach()
+        return loss.detach().clone()  # a copy: CUDA graphs reuse their output buffers
 
     return train_step
 
@@ -106,19 +132,22 @@ class Evaluator:
                "top_prob": np.full((n_all, n_attr), np.nan, np.float32),
                "entropy": np.full((n_all, n_attr), np.nan, np.float32)}
         order = torch.as_tensor(self.plan.order, device=self.bios.device)
-        for start in range(0, n, self.batch_size):
-            rows = slice(start, min(n, start + self.batch_size))
-            batch = self.bios.assemble(order[rows], self.templates[rows], self.sentence_order[rows])
-            metrics = fact_metrics(model, batch)
-            for key in out:
-                out[key][rows] = getattr(metrics, key).cpu().numpy()
+        device = self.bios.device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            for start in range(0, n, self.batch_size):
+                rows = slice(start, min(n, start + self.batch_size))
+                batch = self.bios.assemble(order[rows], self.templates[rows], self.sentence_order[rows])
+                metrics = fact_metrics(model, batch)
+                for key in out:
+                    out[key][rows] = getattr(metrics, key).cpu().numpy()
+            out.update(attention_signatures(model, self.attention_batch))
         out["exposures"] = exposures[order].cpu().numpy()
-        out.update(attention_signatures(model, self.attention_batch))
         return out
 
 
 def train(config: Config, out: Path, device: torch.device, resume: bool = False, progress: bool = True) -> Summary:
     """Train one run into ``out`` (config.toml, metrics.zarr, checkpoints/)."""
+    setup_started = time.perf_counter()
     torch.manual_seed(config.seed)
     world = build_world(config.world, config.seed)
     bios = Biographies(world, device)
@@ -169,8 +198,20 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
         if len(bad):
             raise Diverged(f"training loss became {values[bad[0]]} at step {block_start - k + bad[0] + 1}")
 
+    timings: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def timed(part: str):
+        started = time.perf_counter()
+        yield
+        timings[part] += time.perf_counter() - started
+
     def run_eval(s: int) -> None:
         flush_losses(s)  # a diverged model is never evaluated
+        with timed("evaluations"):
+            probe(s)
+
+    def probe(s: int) -> None:
         model.eval()
         row = evaluate(model, eval_index[s], sampler.exposures)
         model.train()
@@ -180,6 +221,8 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
         last["accuracy"] = float(row["correct"][train_ids][mask].mean()) if mask.any() else float("nan")
 
     start_time = time.perf_counter() - elapsed
+    timings["setup"] = start_time + elapsed - setup_started
+    first_step = step
     last_resume_save = time.perf_counter()
     bar = tqdm(total=config.train.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
                desc=out.name)
@@ -197,21 +240,28 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
                 run_eval(step)
                 bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}", refresh=False)
             if step in keep_weights:
-                checkpoints.save_weights(model, checkpoints.weights_path(ckpt_dir, step), step)
+                with timed("checkpoints"):
+                    checkpoints.save_weights(model, checkpoints.weights_path(ckpt_dir, step), step)
             if step == config.train.steps:
                 break
             if time.perf_counter() - last_resume_save > config.train.checkpoint_every_s:
                 flush_losses(step)
-                writer.flush()
-                checkpoints.save_resume(ckpt_dir, step, model, optimizer, generator, sampler.exposures,
-                                        time.perf_counter() - start_time)
+                with timed("checkpoints"):
+                    writer.flush()
+                    checkpoints.save_resume(ckpt_dir, step, model, optimizer, generator, sampler.exposures,
+                                            time.perf_counter() - start_time)
                 last_resume_save = time.perf_counter()
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             individuals = sampler.sample(step, config.train.batch_size, generator)
             batch = bios.assemble(individuals, *bios.random_layout(individuals, generator))
-            losses[step - block_start] = train_step(batch.tokens)
+            if step == first_step:
+                with timed("first_step"):
+                    losses[step - block_start] = train_step(batch.tokens)
+                    losses[step - block_start].item()  # wait for it: compilation and the first update
+            else:
+                losses[step - block_start] = train_step(batch.tokens)
             lrs.append(lr)
             step += 1
             bar.update(1)
@@ -240,4 +290,4 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
         bar.close()
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
-    return Summary(step, last["loss"], last["accuracy"], time.perf_counter() - start_time, status)
+    return Summary(step, last["loss"], last["accuracy"], time.perf_counter() - start_time, status, dict(timings))

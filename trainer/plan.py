@@ -38,26 +38,28 @@ def spaced_steps(total: int, n: int, log_fraction: float) -> np.ndarray:
 
 def build_plan(e: EvalConfig, world: World, steps: int, seed: int) -> EvalPlan:
     """Evaluate every split's individuals; a rank-stratified subset of trained ones (evenly
-    spaced ranks, so every frequency decile is covered) and a seeded random subset of the other
-    splits at every step; everyone at ``n_full`` steps spread over the run."""
+    spaced ranks, so every frequency decile is covered) and seeded random subsets of the other
+    splits (``heldout_subset`` held-out individuals: their population curves need fewer) at
+    every step; everyone at ``n_full`` steps spread over the run."""
     eval_steps = spaced_steps(steps, e.n_evals, e.log_fraction)
     rng = np.random.default_rng([seed, 30])
     dense, rest = [], []
     for split in ("train", "heldout", "finetune"):
         ids = world.ids(split)
-        if e.subset == 0 or len(ids) <= e.subset:
+        size = e.heldout_subset if split == "heldout" else e.subset
+        if size == 0 or len(ids) <= size:
             dense.append(ids)
             continue
         if split == "train":
             by_rank = ids[np.argsort(world.rank[ids])]
             chosen = np.zeros(len(ids), bool)
-            chosen[np.linspace(0, len(ids) - 1, e.subset).round().astype(int)] = True
+            chosen[np.linspace(0, len(ids) - 1, size).round().astype(int)] = True
             dense.append(by_rank[chosen])
             rest.append(by_rank[~chosen])
         else:
             perm = rng.permutation(ids)
-            dense.append(np.sort(perm[: e.subset]))
-            rest.append(np.sort(perm[e.subset :]))
+            dense.append(np.sort(perm[:size]))
+            rest.append(np.sort(perm[size:]))
     dense_ids = np.concatenate(dense)
     order = np.concatenate([dense_ids, *rest])
     if len(order) == len(dense_ids):

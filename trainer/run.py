@@ -73,4 +73,6 @@ def train_from_cli(config_path: str, out: str | None, overrides: list[str], devi
     rate = summary.steps / summary.wall_s if summary.wall_s else float("nan")
     print(f"{run_dir}: {summary.status}, {summary.steps} steps in {summary.wall_s:.1f} s ({rate:.1f} steps/s), "
           f"final train loss {summary.final_loss:.3f}, accuracy {summary.final_accuracy:.3f} on trained facts")
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in summary.timings.items())
+    print(f"  of which {parts}")
     return 0

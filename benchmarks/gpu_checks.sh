@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the project in one go, for a machine with one CUDA GPU:
+#   benchmarks/gpu_checks.sh [OUT_DIR]        (default: gpu-results/)
+# 1. a short tiny-preset run on CUDA through the command line (the CUDA path works end to end);
+# 2. bench_batches on CUDA (batch assembly against one training step, tiny and paper presets);
+# 3. bench_train at the paper preset, then the paper preset's default run (16k steps, full
+#    evaluation plan): ms/step, MFU, CUDA graphs, the naive baseline, wall time and metrics tax.
+# Each step's output goes to OUT_DIR/<step>.log; a failing step does not stop the next.
+set -u
+out=${1:-gpu-results}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+$py -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$out/gpu.txt"
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    echo "$name: exit $? after $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
+    tail -n 25 "$out/$name.log"
+}
+
+step smoke 180 $py -m phasefit.cli train configs/tiny.toml --device cuda --out /tmp/phasefit-gpu-smoke \
+    --set train.steps=300 --set eval.n_evals=10
+step bench_batches 120 $py benchmarks/bench_batches.py --device cuda --presets tiny,paper --repeats 20
+step bench_train 420 $py benchmarks/bench_train.py --preset paper --device cuda --steps 50 --run

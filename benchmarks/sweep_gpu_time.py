@@ -1,0 +1,51 @@
+"""GPU time of each study sweep, estimated from measured rates (whole sweeps are too long to time).
+
+    python benchmarks/sweep_gpu_time.py configs/sweeps/*.toml [--ms-per-step 5.85] [--probes-per-s 34000]
+
+A run costs its start (world, store, compilation), its training steps and its probes (one
+evaluation biography per evaluated individual and step, from the evaluation plan). The
+default rates were measured on one H200 with torch 2.11 at the paper preset (batch 128):
+a 4000-step run with 50 evaluations spent 38 s before its second step, 5.85 ms per step and
+16.5 s probing 556k biographies (docs/trainer.md, "Measured on a GPU").
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from trainer.config import Config
+from trainer.plan import spaced_steps
+from trainer.sweep import load_sweep
+
+
+def probes(c: Config) -> int:
+    """Evaluation biographies of a run's plan (see trainer.plan.build_plan)."""
+    e, w = c.eval, c.world
+    splits = [(w.n_individuals, e.subset), (w.n_heldout, e.heldout_subset), (w.n_finetune, e.subset)]
+    dense = sum(n if size == 0 else min(n, size) for n, size in splits)
+    everyone = w.n_individuals + w.n_heldout + w.n_finetune
+    n_evals = len(spaced_steps(c.train.steps, e.n_evals, e.log_fraction))
+    n_full = n_evals if dense == everyone else min(n_evals, e.n_full)
+    return n_evals * dense + n_full * (everyone - dense)
+
+
+def run_seconds(c: Config, start_s: float, ms_per_step: float, probes_per_s: float) -> float:
+    return start_s + c.train.steps * ms_per_step / 1e3 + probes(c) / probes_per_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="+")
+    parser.add_argument("--start-s", type=float, default=38.0, help="seconds before the second step of a run")
+    parser.add_argument("--ms-per-step", type=float, default=5.85)
+    parser.add_argument("--probes-per-s", type=float, default=34_000.0)
+    args = parser.parse_args()
+    print(f"{'sweep':<42} {'runs':>5} {'GPU hours':>10}")
+    for path in args.sweeps:
+        sweep = load_sweep(path)
+        seconds = sum(run_seconds(r.config, args.start_s, args.ms_per_step, args.probes_per_s) for r in sweep.runs)
+        print(f"{path:<42} {len(sweep.runs):>5} {seconds / 3600:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
