@@ -20,6 +20,23 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, check: bo
     return proc
 
 
+# A very small run: enough to exercise every part of the loop in seconds.
+QUICK = ["world.n_individuals=40", "world.n_heldout=10", "model.d_model=32", "model.n_heads=2", "model.d_mlp=64",
+         "train.steps=40", "train.batch_size=8", "eval.n_evals=12", "eval.attention_probe=4",
+         "train.n_checkpoints=3"]
+
+
+def quick_run(tmp_path: Path, name: str, *extra: str):
+    """The config of a QUICK run (plus ``extra`` overrides) and its prepared folder."""
+    from trainer.config import load_config
+    from trainer.run import prepare_run
+
+    config = load_config(TINY, QUICK + list(extra))
+    out = tmp_path / name
+    prepare_run(config, out, resume=False)
+    return config, out
+
+
 @functools.cache
 def small_world_config(**world):
     from trainer.config import from_dict

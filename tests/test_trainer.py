@@ -8,23 +8,9 @@ import pytest
 import torch
 
 import logstore
-from conftest import TINY, run_cli
+from conftest import QUICK, TINY, quick_run, run_cli
 from trainer import loop
 from trainer.config import load_config
-from trainer.run import prepare_run
-
-# A very small run: enough to exercise every part of the loop in seconds.
-QUICK = ["world.n_individuals=40", "world.n_heldout=10", "model.d_model=32", "model.n_heads=2", "model.d_mlp=64",
-         "train.steps=40", "train.batch_size=8", "eval.n_evals=12", "eval.attention_probe=4",
-         "train.n_checkpoints=3"]
-
-
-def quick_run(tmp_path, name, *extra):
-    config = load_config(TINY, QUICK + list(extra))
-    out = tmp_path / name
-    prepare_run(config, out, resume=False)
-    return config, out
-
 
 def test_a_run_writes_the_schema_and_log_spaced_checkpoints(tmp_path):
     config, out = quick_run(tmp_path, "a")

@@ -1,6 +1,6 @@
 """Configuration: TOML presets read into dataclasses, validated once at the edge.
 
-A config has five sections (``world``, ``sampling``, ``model``, ``train``, ``eval``) plus a
+A config has six sections (``world``, ``sampling``, ``model``, ``train``, ``eval``, ``patch``) plus a
 top-level ``seed`` and optional ``name``. ``load_config`` reads a file, applies ``--set``
 overrides (``section.key=value``, the value parsed as TOML), and validates every key. Bad
 input raises ``ConfigError`` with one line naming the key and the reason.
@@ -134,6 +134,22 @@ class EvalConfig:
 
 
 @dataclass
+class PatchConfig:
+    """Attention patching (the study's claim 3): from training step ``start`` on, every layer
+    uses the attention weights that a reference run's checkpoint computes on the same batch.
+
+    The run is the reference's twin (same world, model and seed, so the same initial
+    parameters and batches); the reference gets no gradient; the optimiser state is reset when
+    patching starts. ``start`` equal to ``reference_step`` freezes the run's own attention of
+    that step from then on.
+    """
+
+    reference: str = ""  # the reference run's folder ("": no patching)
+    reference_step: int = -1  # the checkpoint whose attention is used (-1: the final weights)
+    start: int = 0  # training step at which patching starts
+
+
+@dataclass
 class Config:
     seed: int = 0
     name: str = ""
@@ -142,6 +158,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,7 +173,9 @@ _SECTION_CLASSES = {
     "model": ModelConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
+    "patch": PatchConfig,
 }
+SECTIONS = tuple(_SECTION_CLASSES)
 
 
 def _typed(where: str, value, kind):
@@ -261,6 +280,10 @@ def validate(c: Config, source: str = "config") -> None:
     _check(e.n_full >= 0, source, "eval.n_full", "must be >= 0")
     _check(e.batch_size >= 1, source, "eval.batch_size", "must be at least 1")
     _check(e.attention_probe >= 1, source, "eval.attention_probe", "must be at least 1")
+
+    p = c.patch
+    _check(p.reference_step >= -1, source, "patch.reference_step", "must be a checkpoint step, or -1 for the final weights")
+    _check(0 <= p.start < t.steps, source, "patch.start", f"must be between 0 and train.steps ({t.steps}), not {p.start}")
 
 
 def parse_override(text: str) -> tuple[list[str], object]:

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import logstore
-from trainer import checkpoints
+from trainer import checkpoints, references
 from trainer.batches import Biographies
 from trainer.config import Config
 from trainer.model import Transformer
+from trainer.patching import PatchedModel
 from trainer.plan import EvalPlan, build_plan
 from trainer.probes import attention_signatures, fact_metrics
 from trainer.sampling import Sampler, build_stages
@@ -155,7 +156,17 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
     plan = build_plan(config.eval, world, config.train.steps, config.seed)
     model = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
     if config.train.init_from:
-        checkpoints.load_weights(model, Path(config.train.init_from) / "checkpoints" / checkpoints.FINAL)
+        checkpoints.load_weights(model, references.weights_file(config.train.init_from, -1, "train.init_from"))
+    reference = None
+    if config.patch.reference:  # built after the model, so the model's initial parameters are its twin's
+        reference = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
+        checkpoints.load_weights(reference, references.weights_file(
+            config.patch.reference, config.patch.reference_step, "patch.reference_step"))
+
+    def network(at: int) -> torch.nn.Module:
+        """What trains and is probed at step ``at``: the model, patched from ``patch.start`` on."""
+        return PatchedModel(model, reference) if reference is not None and at >= config.patch.start else model
+
     optimizer = make_optimizer(model, config, fused=device.type == "cuda")
     generator = torch.Generator(device).manual_seed(config.seed)
     evaluate = Evaluator(world, bios, plan, config.eval.batch_size, config.eval.attention_probe, config.seed)
@@ -175,7 +186,8 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
             baseline=world.baseline, n_layers=model.n_layers, n_heads=model.n_heads, config=config.to_dict(),
             package_version=__version__)
 
-    train_step = make_train_step(model, optimizer, config, device, bios.pad)
+    net = network(step)
+    train_step = make_train_step(net, optimizer, config, device, bios.pad)
 
     losses = torch.zeros(LOSS_BLOCK, device=device)
     block_start = step  # first train step (1-based, after its update) held in ``losses``
@@ -213,7 +225,7 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
 
     def probe(s: int) -> None:
         model.eval()
-        row = evaluate(model, eval_index[s], sampler.exposures)
+        row = evaluate(net, eval_index[s], sampler.exposures)
         model.train()
         writer.append_eval(s, **row)
         known = row["loss"][train_ids]
@@ -236,6 +248,10 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
         while True:
             if interrupted.is_set():
                 raise KeyboardInterrupt
+            if net is model and network(step) is not model:  # patching starts: a fresh optimiser state
+                net = network(step)
+                optimizer = make_optimizer(model, config, fused=device.type == "cuda")
+                train_step = make_train_step(net, optimizer, config, device, bios.pad)
             if step in eval_index and (writer.last_step is None or step > writer.last_step):
                 run_eval(step)
                 bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}", refresh=False)

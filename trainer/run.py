@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from trainer.config import Config, ConfigError, from_dict, load_config, read_toml
+from trainer.references import check_references, with_absolute_paths
 
 
 def to_toml(config: Config) -> str:
@@ -46,6 +47,7 @@ def prepare_run(config: Config, out: Path, resume: bool) -> None:
         return
     if (out / "metrics.zarr").exists():
         raise ConfigError(f"{out}: a run already exists there (use --resume to continue it, or another --out)")
+    check_references(config)
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(to_toml(config))
 
@@ -53,7 +55,7 @@ def prepare_run(config: Config, out: Path, resume: bool) -> None:
 def train_from_cli(config_path: str, out: str | None, overrides: list[str], device: str, resume: bool) -> int:
     from trainer.loop import Diverged, train
 
-    config = load_config(config_path, overrides)
+    config = with_absolute_paths(load_config(config_path, overrides))
     run_dir = Path(out) if out else Path("runs") / (config.name or Path(config_path).stem)
     dev = resolve_device(device)
     prepare_run(config, run_dir, resume)

@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from logstore.runs import flatten_config as flatten
-from trainer.config import Config, ConfigError, from_dict, read_toml
+from trainer.config import SECTIONS, Config, ConfigError, from_dict, read_toml
 from trainer.run import to_toml
 
 SWEEP_KEYS = ("name", "base", "seeds", "runs_per_gpu", "set", "grid", "include")
-SECTIONS = ("world", "sampling", "model", "train", "eval")
 # Short names of the conditions in run names; other keys use their last part.
 SHORT = {"world.n_individuals": "N", "world.n_heldout": "heldout", "world.n_finetune": "new", "sampling.kind": "",
          "sampling.celebrities": "celebs", "sampling.celebrity_weight": "x", "sampling.warmup_individuals": "warm",
@@ -185,22 +184,27 @@ def load_sweep(path: str | Path, out: str | Path = "runs") -> Sweep:
     return Sweep(name, source, folder, runs, runs_per_gpu)
 
 
+REFERENCES = (("train", "init_from"), ("patch", "reference"))  # keys that name another run
+
+
 def _resolve_reference(run: RunSpec, runs: list[RunSpec], source: Path) -> None:
-    """``train.init_from = "@pretrain"``: the run of this sweep named pretrain-seedS (same seed) or pretrain."""
-    start = run.config.get("train", {}).get("init_from", "")
-    if not isinstance(start, str) or not start.startswith("@"):
-        if isinstance(start, str) and start and not (Path(start) / "checkpoints" / "final.safetensors").exists():
-            raise ConfigError(f"{source} [{run.name}]: train.init_from: no finished run at {start} "
-                              f"(checkpoints/final.safetensors); name a run of this sweep with '@NAME'")
-        return
-    label, seed = start[1:], run.config.get("seed")
-    by_name = {r.name: r for r in runs}
-    target = by_name.get(f"{label}-seed{seed}") or by_name.get(label)
-    if target is None or target is run:
-        raise ConfigError(f"{source} [{run.name}]: train.init_from: no other run named {label}-seed{seed} or {label} "
-                          f"in this sweep")
-    run.config["train"]["init_from"] = str(target.path.resolve())
-    run.needs.append(target.name)
+    """``"@pretrain"`` in ``train.init_from`` or ``patch.reference``: the run of this sweep named
+    pretrain-seedS (same seed) or pretrain, which must finish first."""
+    for section, key in REFERENCES:
+        start = run.config.get(section, {}).get(key, "")
+        if not isinstance(start, str) or not start.startswith("@"):
+            if isinstance(start, str) and start and not (Path(start) / "checkpoints" / "final.safetensors").exists():
+                raise ConfigError(f"{source} [{run.name}]: {section}.{key}: no finished run at {start} "
+                                  f"(checkpoints/final.safetensors); name a run of this sweep with '@NAME'")
+            continue
+        label, seed = start[1:], run.config.get("seed")
+        by_name = {r.name: r for r in runs}
+        target = by_name.get(f"{label}-seed{seed}") or by_name.get(label)
+        if target is None or target is run:
+            raise ConfigError(f"{source} [{run.name}]: {section}.{key}: no other run named {label}-seed{seed} or "
+                              f"{label} in this sweep")
+        run.config[section][key] = str(target.path.resolve())
+        run.needs.append(target.name)
 
 
 def _check_no_cycle(runs: list[RunSpec], source: Path) -> None:
@@ -210,7 +214,7 @@ def _check_no_cycle(runs: list[RunSpec], source: Path) -> None:
         while needs[name]:
             name = needs[name][0]
             if name in chain:
-                raise ConfigError(f"{source} [{run.name}]: train.init_from: runs start from each other in a circle "
+                raise ConfigError(f"{source} [{run.name}]: runs start from each other in a circle "
                                   f"({' -> '.join(chain + [name])})")
             chain.append(name)
 

@@ -75,6 +75,7 @@ def train_run(path: Path, device: str) -> int:
 
     from trainer.config import ConfigError, from_dict, read_toml
     from trainer.loop import Diverged, train
+    from trainer.references import check_references
     from trainer.run import resolve_device
 
     state, how = store_state(path)
@@ -86,6 +87,7 @@ def train_run(path: Path, device: str) -> int:
         return 3
     try:
         config = from_dict(read_toml(path / "config.toml"), str(path / "config.toml"))
+        check_references(config)
         dev = resolve_device(device)
     except ConfigError as err:
         print(f"phasefit: error: {err}")

@@ -110,6 +110,7 @@ class World:
     train_templates: np.ndarray  # (n, A, K - n_eval) int64 templates used in training
     eval_templates: np.ndarray  # (n, A, n_eval) int64 templates kept for evaluation
     baseline: np.ndarray  # (A,) float64 no-knowledge loss in nats
+    longest_value: np.ndarray  # (A,) int64 tokens in the longest value each attribute can take
 
     @property
     def n(self) -> int:
@@ -127,9 +128,10 @@ class World:
 
     @property
     def seq_len(self) -> int:
-        """Tokens in the longest possible biography, BOS included."""
+        """Tokens in the longest possible biography, BOS included. It depends on the value sets
+        and templates only, not on who was drawn, so adding individuals keeps the model's shape."""
         words = (self.codes >= 0).sum(-1).max(1)  # (A,) longest template text
-        return 1 + int((words + 3 + self.value_len.max(0)).sum())
+        return 1 + int((words + 3 + self.longest_value).sum())
 
 
 def build_world(w: WorldConfig, seed: int) -> World:
@@ -207,8 +209,9 @@ def build_world(w: WorldConfig, seed: int) -> World:
 
     baseline = np.array([np.log(31 * 12 * len(years)) if a == "birth_date" else np.log(len(sets[a]))
                          for a in ATTRIBUTES])
+    longest_value = np.array([3] + [max(len(t) for t in options[a]) for a in ATTRIBUTES[1:]])
     return World(vocab, split, rank, names, values, value_tokens, value_len, codes,
-                 train_templates, eval_templates, baseline)
+                 train_templates, eval_templates, baseline, longest_value)
 
 
 def _template_codes(index: dict[str, int], n_templates: int, max_value: int) -> np.ndarray:
