@@ -1,4 +1,9 @@
-"""Population curves: mean loss and accuracy over evaluated facts, per step, split and attribute."""
+"""Population curves: mean loss and accuracy over evaluated facts, per step, split and attribute.
+
+``population_curves`` reduces a store chunk by chunk; ``curves_from_sums`` turns sums over
+evaluated facts into the means, and is the one place those means are computed (phasefit
+calls it on the sums of its own single pass over a run).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ def _chunk_sums(loss: np.ndarray, correct: np.ndarray, codes: np.ndarray) -> np.
     evaluated = ~np.isnan(loss)
     sums = [
         np.matmul(members.astype(np.float64), np.where(evaluated, loss.astype(np.float64), 0.0)),
-        np.matmul(members, (correct == 1).astype(np.float32)),
+        np.matmul(members, ((correct == 1) & evaluated).astype(np.float32)),
         np.matmul(members, evaluated.astype(np.float32)),
     ]
     return np.stack(sums, axis=1, dtype=np.float64)[:, None]  # (step, 1, stat, split, attribute)
@@ -35,10 +40,9 @@ def population_curves(ds: xr.Dataset, *, compute: bool = True) -> xr.Dataset:
     """Mean loss (nats) and accuracy over the facts evaluated at each step.
 
     ``ds`` is what ``open_run`` returns (or a selection of it along step or individual).
-    The result has dimensions (step, split, attribute) and variables ``loss``, ``accuracy``
-    (0..1) and ``count`` (facts evaluated; loss and accuracy are NaN where it is 0). Each
-    chunk of loss and correct is reduced where it is read, with dask, so the dense arrays
-    are never loaded whole; ``compute=False`` returns the result lazy.
+    The result has dimensions (step, split, attribute); see ``curves_from_sums`` for its
+    variables. Each chunk of loss and correct is reduced where it is read, with dask, so the
+    dense arrays are never loaded whole; ``compute=False`` returns the result lazy.
     """
     loss = ds.loss.transpose("step", "individual", "attribute").data
     correct = ds.correct.transpose("step", "individual", "attribute").data
@@ -65,15 +69,31 @@ def population_curves(ds: xr.Dataset, *, compute: bool = True) -> xr.Dataset:
         dims=("step", "stat", "split", "attribute"),
         coords={"step": ds.step, "stat": list(_STATS), "split": list(SPLITS), "attribute": ds.attribute},
     )
-    count = totals.sel(stat="count", drop=True)
+    out = curves_from_sums(*(totals.sel(stat=s, drop=True) for s in _STATS))
+    return out.compute() if compute else out
+
+
+def curves_from_sums(loss_sum: xr.DataArray, correct_sum: xr.DataArray, count: xr.DataArray) -> xr.Dataset:
+    """Population curves from sums over the evaluated facts, each (step, split, attribute).
+
+    Returns ``loss`` (nats) and ``accuracy`` (0..1) per attribute, ``mean_loss`` and
+    ``mean_accuracy`` pooled over the attributes (sum over every evaluated fact / their
+    number; where everyone is evaluated, the mean of the per-attribute means), and ``count``
+    (facts evaluated). Means are NaN where no fact was evaluated.
+    """
     evaluated = count.where(count > 0)  # NaN, not a 0/0 warning, where none were evaluated
-    out = xr.Dataset(
+    pooled = count.sum("attribute")
+    pooled = pooled.where(pooled > 0)
+    return xr.Dataset(
         {
-            "loss": (totals.sel(stat="loss_sum", drop=True) / evaluated).assign_attrs(
-                long_name="mean loss over evaluated facts", units="nats"
+            "loss": (loss_sum / evaluated).assign_attrs(long_name="mean loss over evaluated facts", units="nats"),
+            "accuracy": (correct_sum / evaluated).assign_attrs(long_name="share of evaluated facts correct"),
+            "mean_loss": (loss_sum.sum("attribute") / pooled).assign_attrs(
+                long_name="mean loss over evaluated facts of every attribute", units="nats"
             ),
-            "accuracy": (totals.sel(stat="correct_sum", drop=True) / evaluated).assign_attrs(long_name="share of evaluated facts correct"),
+            "mean_accuracy": (correct_sum.sum("attribute") / pooled).assign_attrs(
+                long_name="share of evaluated facts of every attribute correct"
+            ),
             "count": count.astype(np.int64).assign_attrs(long_name="facts evaluated"),
         }
-    )
-    return out.compute() if compute else out
+    ).transpose("step", "split", "attribute")

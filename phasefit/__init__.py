@@ -8,6 +8,8 @@ stay fast):
     phasefit.population_curves(ds) -> Dataset (step, split, attribute)
     phasefit.ThresholdDetector, ChangepointDetector, SegmentedFitDetector, AutoDetector
     phasefit.crossrun(phases) -> CrossRun; fit_scaling, fit_alpha_optimum, compare_conditions
+    phasefit.finetune_effects(run), patching_effect(run), sequential_groups(run) -> dict
+        (intervention runs: fine-tuning, attention patching, sequential groups)
 """
 
 from importlib import import_module
@@ -34,6 +36,9 @@ _EXPORTS = {
     "compare_conditions": "phasefit.crossrun",
     "seed_summary": "phasefit.crossrun",
     "PhasefitError": "phasefit.errors",
+    "finetune_effects": "phasefit.interventions",
+    "patching_effect": "phasefit.interventions",
+    "sequential_groups": "phasefit.interventions",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -196,6 +196,24 @@ def _interval(value, ci) -> str:
     return f"{value:.0f}" + (f" [{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "")
 
 
+def _intervention_cells(r: dict, results: list[dict]) -> dict:
+    """Columns for the intervention runs, shown when some run of the table is one."""
+    cells = {}
+    if any(x.get("finetune") for x in results):
+        f = r.get("finetune") or {}
+        depth = f.get("collapse_depth")
+        cells.update({"collapse step [95% CI]": _interval(f.get("collapse_step"), f.get("collapse_step_ci")),
+                      "depth": "-" if depth is None else f"{depth:.3f}",
+                      "new acq [95% CI]": _interval(f.get("new_acquisition_step"), f.get("new_acquisition_step_ci"))})
+    if any(x.get("patching") for x in results):
+        p = r.get("patching") or {}
+        cells["t2 - reference [95% CI]"] = _interval(p.get("t2_difference"), p.get("t2_difference_ci"))
+    if any(x.get("sequential") for x in results):
+        q = r.get("sequential") or {}
+        cells["learn / forget steps"] = f"{_steps(q.get('median_learn_steps'))} / {_steps(q.get('median_forget_steps'))}" if q else "-"
+    return cells
+
+
 def format_table(results: list[dict]) -> str:
     """The terminal table: one row per run, then the notes of each run."""
     import pandas as pd
@@ -215,6 +233,7 @@ def format_table(results: list[dict]) -> str:
             "plateau [95% CI]": _interval(r.get("plateau_length"), r.get("plateau_ci")),
             "t3": _steps(r.get("t3")), "final acc": "-" if acc is None else f"{acc:.3f}",
             "halluc onset": _steps(r.get("hallucination_onset")),
+            **_intervention_cells(r, results),
         })
     text = pd.DataFrame(rows).to_string(index=False)
     notes = [f"  {r['run']}: {note}" for r in results for note in (r.get("notes") or [])]

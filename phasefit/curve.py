@@ -136,12 +136,13 @@ def interpolate_crossing(curve: Curve, i: int, level: float) -> float:
     return float(np.expm1(x[i] + f * (x[i + 1] - x[i])))
 
 
-def smooth_for_band(curve: Curve, band: float, window: int | str = "auto") -> tuple[Curve, int]:
+def smooth_for_band(curve: Curve, band: float, window: int | str = "auto", max_window: int = 15) -> tuple[Curve, int]:
     """Running-median smoothing so that the noise stays below a quarter of ``band`` (nats).
 
-    ``window`` "auto" picks the smallest odd window (at most 15 evaluations) that brings the
-    estimated noise below band / 4 (a median of w points has sd about 1.25 sigma / sqrt(w));
-    an integer forces that window; 1 leaves the curve as is. Returns the curve and the window.
+    ``window`` "auto" picks the smallest odd window (at most ``max_window`` evaluations) that
+    brings the estimated noise below band / 4 (a median of w points has sd about
+    1.25 sigma / sqrt(w)); an integer forces that window; 1 leaves the curve as is. Returns
+    the curve and the window.
     """
     from scipy.ndimage import median_filter
 
@@ -150,8 +151,15 @@ def smooth_for_band(curve: Curve, band: float, window: int | str = "auto") -> tu
         if not np.isfinite(noise) or band <= 0 or noise <= band / 4:
             window = 1
         else:
-            window = min(int(np.ceil((4 * 1.25 * noise / band) ** 2)) | 1, 15)
+            window = min(int(np.ceil((4 * 1.25 * noise / band) ** 2)) | 1, max(int(max_window), 1))
     window = max(int(window), 1)
     if window > 1 and len(curve.loss) > window:
         curve = curve.with_loss(median_filter(curve.loss, size=window, mode="nearest"))
     return curve, window
+
+
+def largest_window(n: int, span: float, cap: int = 15) -> int:
+    """The largest odd running-median window covering at most ``span`` of ``n`` evaluations
+    (and at most ``cap``); 1 when even 3 would cover more."""
+    w = min(int(span * n), cap)
+    return max(w if w % 2 else w - 1, 1)

@@ -4,6 +4,7 @@ L(t), the curve the phases are read from, is the mean attribute loss of the trai
 individuals: the sum of loss over every evaluated train fact at step t divided by their
 number (pooled over attributes; where everyone is evaluated this equals the mean over
 attributes of the per-attribute means). Held-out individuals give the hallucination curve.
+The means themselves are computed in one place, ``logstore.population``.
 """
 
 from __future__ import annotations
@@ -11,33 +12,24 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from logstore.population import curves_from_sums
+from logstore.population import population_curves as store_curves
 from phasefit.curve import Curve
-from phasefit.summary import Summary, summarise
+from phasefit.summary import Summary
 
 
 def population_curves(source: xr.Dataset | Summary) -> xr.Dataset:
-    """Population curves of a run (store Dataset or its ``Summary``).
+    """Population curves of a run: ``logstore.population_curves`` of a store Dataset, or the
+    same means from the sums of its ``Summary`` (no second pass over the records).
 
-    Returns a Dataset with dimensions (step, split, attribute):
-    ``loss`` (nats) and ``accuracy`` per attribute, ``mean_loss`` and ``mean_accuracy``
-    pooled over attributes, and ``n_evaluated`` (facts averaged). Steps where a split has no
-    evaluated fact are NaN.
+    A Dataset with dimensions (step, split, attribute): ``loss`` (nats) and ``accuracy`` per
+    attribute, ``mean_loss`` and ``mean_accuracy`` pooled over attributes, and ``count``
+    (facts evaluated). Steps where a split has no evaluated fact are NaN.
     """
-    summary = source if isinstance(source, Summary) else summarise(source)
-    a = summary.attribute
-    n = a["n_evaluated"].values.astype(float)
-    n[n == 0] = np.nan
-    n_all = np.nansum(n, axis=2)
-    n_all[n_all == 0] = np.nan
-    loss, correct = a["loss_sum"].values, a["n_correct"].values
-    dims3, dims2 = ("step", "split", "attribute"), ("step", "split")
-    return xr.Dataset(
-        {"loss": (dims3, loss / n, {"units": "nats"}),
-         "accuracy": (dims3, correct / n),
-         "mean_loss": (dims2, loss.sum(axis=2) / n_all, {"units": "nats"}),
-         "mean_accuracy": (dims2, correct.sum(axis=2) / n_all),
-         "n_evaluated": a["n_evaluated"]},
-        coords=a.coords)
+    if isinstance(source, Summary):
+        a = source.attribute
+        return curves_from_sums(a["loss_sum"], a["n_correct"], a["n_evaluated"])
+    return store_curves(source)
 
 
 def split_curve(ds: xr.Dataset, curves: xr.Dataset, split: str = "train") -> Curve:

@@ -17,32 +17,33 @@ import xarray as xr
 from phasefit.summary import Summary
 
 
-def acquisition(ds: xr.Dataset, summary: Summary) -> xr.Dataset:
-    """Acquisition step and exposures at acquisition of every fact of the train split.
+def acquisition(ds: xr.Dataset, summary: Summary, split: str = "train") -> xr.Dataset:
+    """Acquisition step and exposures at acquisition of every fact of ``split`` (default the
+    train split; "finetune" for the new individuals of a fine-tuning run).
 
     Returns a Dataset over (individual, attribute) with ``acquisition_step`` (training step,
     NaN: never) and ``exposures_at_acquisition`` (biographies of the individual trained on up
     to that evaluation, NaN: never), and the coordinates ``split``, ``rank`` and ``decile``
     (frequency-rank decile of the train split, 0 = the most frequent tenth; -1 elsewhere).
     """
-    train = np.flatnonzero(ds["split"].values == "train")
-    index = summary.acquisition_index.values[train].astype(np.int64)  # (individual, attribute)
+    members = np.flatnonzero(ds["split"].values == split)
+    index = summary.acquisition_index.values[members].astype(np.int64)  # (individual, attribute)
     steps = ds["step"].values.astype(float)
     never = index < 0
     step = np.where(never, np.nan, steps[np.clip(index, 0, None)])
-    if "exposures" in ds and len(train):
-        exposures = np.asarray(ds["exposures"].isel(individual=train).values, dtype=float)  # (step, individual)
-        at = exposures[np.clip(index, 0, None), np.arange(len(train))[:, None]]
+    if "exposures" in ds and len(members):
+        exposures = np.asarray(ds["exposures"].isel(individual=members).values, dtype=float)  # (step, individual)
+        at = exposures[np.clip(index, 0, None), np.arange(len(members))[:, None]]
         at = np.where(never, np.nan, at)
     else:
         at = np.full(step.shape, np.nan)
-    rank = ds["rank"].values[train] if "rank" in ds.coords else np.arange(len(train))
+    rank = ds["rank"].values[members] if "rank" in ds.coords else np.arange(len(members))
     n_ranked = max(int(rank.max()) + 1, 1) if len(rank) else 1
-    decile = np.minimum(rank * 10 // n_ranked, 9)
+    decile = np.where(rank >= 0, np.minimum(rank * 10 // n_ranked, 9), -1)
     return xr.Dataset(
         {"acquisition_step": (("individual", "attribute"), step),
          "exposures_at_acquisition": (("individual", "attribute"), at)},
-        coords={"individual": ds["individual"].values[train], "attribute": ds["attribute"].values,
+        coords={"individual": ds["individual"].values[members], "attribute": ds["attribute"].values,
                 "rank": ("individual", rank), "decile": ("individual", decile)},
     )
 

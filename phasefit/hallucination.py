@@ -1,9 +1,11 @@
 """Hallucination: held-out individuals, never trained on, against the baseline.
 
 A calibrated model stays at the baseline B on individuals it has never seen; loss above B is
-over-confidence. The onset is the step from which the held-out loss stays above
-B (1 + tol) for good (interpolated between evaluations, log-step axis), its lag is onset - t2,
-and the confidence gap is the held-out minus trained mean of top_prob (probability of the top
+over-confidence. The onset is the step from which the held-out loss stays above its floor
+F + tol B for good (interpolated between evaluations, log-step axis), the floor F being the
+baseline, or the held-out loss's lowest level when it never comes down to the baseline (a
+small model on a small world already guesses from name tokens it shares with trained
+individuals). Its lag is onset - t2, and the confidence gap is the held-out minus trained mean of top_prob (probability of the top
 token at the value's first token) and of entropy (nats) at every evaluation.
 """
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from phasefit.curve import Curve, smooth_for_band
+from phasefit.curve import Curve, largest_window, smooth_for_band
 
 
 @dataclass
@@ -24,27 +26,40 @@ class HallucinationOnset:
     smooth_window: int = 1
 
 
-def onset(curve: Curve, tol: float = 0.02, smooth: int | str = "auto") -> HallucinationOnset:
-    """The step after which the held-out loss stays above B (1 + tol); None with a reason."""
+def onset(curve: Curve, tol: float = 0.02, smooth: int | str = "auto", smooth_span: float = 0.1) -> HallucinationOnset:
+    """The step after which the held-out loss stays above its floor + tol B; None with a reason.
+
+    ``smooth`` "auto" applies the smallest running median that brings the curve's estimated
+    noise below a quarter of the band tol B, but never wider than ``smooth_span`` of the
+    evaluations (default 0.1: 3 of a 30-evaluation run), so the dip to the baseline that
+    precedes the rise survives on short runs; an integer forces the window.
+    """
     if len(curve.loss) < 3:
         return HallucinationOnset(None, ["no held-out evaluations"])
-    smoothed, window = smooth_for_band(curve, tol * curve.baseline, smooth)
+    smoothed, window = smooth_for_band(curve, tol * curve.baseline, smooth,
+                                       max_window=largest_window(len(curve.loss), smooth_span))
     value = onsets(smoothed, smoothed.loss[None], tol)[0]
+    lowest = float(smoothed.loss.min())
+    notes = []
+    if lowest > curve.baseline * (1 + tol):
+        notes.append(f"held-out loss never came down to the baseline (lowest {lowest:.3g} nats after smoothing "
+                     f"over {window} evaluations, baseline {curve.baseline:.3g}): the onset is measured from "
+                     f"its lowest level")
     if np.isfinite(value):
-        return HallucinationOnset(float(value), [], window)
-    if not (smoothed.loss <= curve.baseline * (1 + tol)).any():
-        return HallucinationOnset(None, [f"held-out loss never came down to the baseline (lowest "
-                                         f"{smoothed.loss.min():.3g} nats after smoothing over {window} "
-                                         f"evaluations, baseline {curve.baseline:.3g})"], window)
-    return HallucinationOnset(None, [f"no hallucination onset: held-out loss within {tol:.0%} of the "
-                                     f"baseline at the last evaluation (step {curve.step[-1]:.0f})"], window)
+        return HallucinationOnset(float(value), notes, window)
+    notes.append(f"no hallucination onset: held-out loss within {tol:.0%} of the baseline (or of its lowest "
+                 f"level) at the last evaluation (step {curve.step[-1]:.0f})")
+    return HallucinationOnset(None, notes, window)
 
 
 def onsets(curve: Curve, L: np.ndarray, tol: float) -> np.ndarray:
-    """Onset for every row of ``L`` (held-out losses at ``curve.step``); NaN where none."""
+    """Onset for every row of ``L`` (held-out losses at ``curve.step``); NaN where none.
+
+    The floor of a row is max(B, its lowest loss); the onset is where the row last rises
+    above floor + tol B."""
     n = L.shape[1]
-    level = curve.baseline * (1 + tol)
-    at_base = L <= level
+    level = np.maximum(curve.baseline, np.nanmin(L, axis=1)) + tol * curve.baseline
+    at_base = L <= level[:, None]
     last = n - 1 - at_base[:, ::-1].argmax(axis=1)
     found = at_base.any(axis=1) & (last < n - 1)
     i = np.clip(last, 0, n - 2)

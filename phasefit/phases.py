@@ -19,7 +19,7 @@ import pandas as pd
 import xarray as xr
 from scipy.ndimage import median_filter
 
-from phasefit import bootstrap, facts
+from phasefit import bootstrap, facts, interventions
 from phasefit.curve import Curve, estimate_noise
 from phasefit.curves import population_curves, run_length, split_curve
 from phasefit.detectors import Detector, make_detector
@@ -67,6 +67,9 @@ class Phases:
     diagnostics: dict = field(default_factory=dict)
     acquisition_by_decile: list = field(default_factory=list)
     acquisition_by_attribute: list = field(default_factory=list)
+    finetune: dict | None = None  # fine-tuning runs: interventions.finetune_effects
+    patching: dict | None = None  # patched runs: interventions.patching_effect
+    sequential: dict | None = None  # sequential runs: interventions.sequential_groups (without curves)
     notes: list = field(default_factory=list)
     # Python-only results
     curve: Curve | None = field(default=None, repr=False)
@@ -75,8 +78,10 @@ class Phases:
     acquired_fraction: xr.DataArray | None = field(default=None, repr=False)  # (step, decile)
     gap: xr.Dataset | None = field(default=None, repr=False)  # (step): held-out vs train confidence
     replicates: xr.DataArray | None = field(default=None, repr=False)  # (replicate, boundary)
+    reference: "Phases | None" = field(default=None, repr=False)  # a patched run's reference run
+    groups: xr.Dataset | None = field(default=None, repr=False)  # sequential runs: (step, group) accuracy, loss
 
-    LARGE = ("curve", "curves", "acquisition", "acquired_fraction", "gap", "replicates")
+    LARGE = ("curve", "curves", "acquisition", "acquired_fraction", "gap", "replicates", "reference", "groups")
 
     def to_dict(self) -> dict:
         """JSON-able dict: the fields of ``phasefit detect --json`` and the small diagnostics."""
@@ -107,7 +112,7 @@ def _ci(values: np.ndarray, exists: bool, level: float) -> list | None:
 
 def detect(data, method: str | Detector = "auto", *, baseline: float | None = None, n_boot: int = 200,
            level: float = 0.95, seed: int = 0, run: str | None = None, per_fact: bool = True,
-           hallucination_tol: float = 0.02, **params) -> Phases:
+           hallucination_tol: float = 0.02, compare_reference: bool = True, **params) -> Phases:
     """Measure the phases of a run or of a plain loss curve.
 
     ``data``: a store Dataset (``logstore.open_run`` or ``phasefit.simulate``), a run folder,
@@ -117,6 +122,12 @@ def detect(data, method: str | Detector = "auto", *, baseline: float | None = No
     ``n_boot`` bootstrap replicates over individuals give the ``level`` intervals (0: none);
     ``per_fact`` adds acquisition steps and their summaries; ``hallucination_tol`` is the
     band above the baseline the held-out loss must leave for good (default 2%).
+
+    Intervention runs (``phasefit.interventions``) get their own measures: a fine-tuning run
+    (``sampling.kind = "finetune"``) has no phases (its trained individuals are known from
+    step 0) and gets ``finetune``; a sequential run gets ``sequential`` and ``groups``; a
+    patched run (``patch.reference``) gets ``patching`` and ``reference`` (the reference
+    run, read and measured too, unless ``compare_reference`` is False).
     """
     if isinstance(data, (str, Path)):
         run = run or Path(data).name
@@ -124,7 +135,7 @@ def detect(data, method: str | Detector = "auto", *, baseline: float | None = No
     if not isinstance(data, xr.Dataset):
         curve = data if isinstance(data, Curve) else Curve.from_series(data, baseline)
         return _detect_curve(curve, method, run or getattr(data, "name", None) or "curve", params)
-    return _detect_run(data, method, n_boot, level, seed, run, per_fact, hallucination_tol, params)
+    return _detect_run(data, method, n_boot, level, seed, run, per_fact, hallucination_tol, compare_reference, params)
 
 
 def _boundaries_into(phases: Phases, detector: Detector) -> None:
@@ -157,7 +168,7 @@ def _detect_curve(curve: Curve, method, run: str, params: dict) -> Phases:
     return phases
 
 
-def _detect_run(ds, method, n_boot, level, seed, run, per_fact, tol, params) -> Phases:
+def _detect_run(ds, method, n_boot, level, seed, run, per_fact, tol, compare_reference, params) -> Phases:
     config = run_config(ds)
     status = str(ds.attrs.get("status", "complete"))
     baseline = float(np.mean(np.asarray(ds["baseline"].values, dtype=float))) if "baseline" in ds else None
@@ -189,10 +200,18 @@ def _detect_run(ds, method, n_boot, level, seed, run, per_fact, tol, params) -> 
     phases.final_loss = float(curve.loss[-1])
     phases.final_accuracy = float(curve.accuracy[-1]) if np.isfinite(curve.accuracy[-1]) else None
 
-    detector = make_detector(method, **params).fit(curve)
-    _boundaries_into(phases, detector)
     rng = np.random.default_rng(seed)
-    _intervals(phases, detector, summary, curve, n_boot, rng, level)
+    sampling = config.get("sampling", {}).get("kind")
+    if sampling == "finetune":
+        phases.finetune = interventions.finetune_measures(ds, summary, n_boot, level, seed)
+        phases.final_accuracy_ci = phases.finetune["old_accuracy_final_ci"]
+        phases.diagnostics.update(n_boot=n_boot, level=level)
+        phases.notes.append("fine-tuning run: its trained individuals are known from step 0, so their curve has "
+                            "no phases (t1, t2, t3); see finetune")
+    else:
+        detector = make_detector(method, **params).fit(curve)
+        _boundaries_into(phases, detector)
+        _intervals(phases, detector, summary, curve, n_boot, rng, level)
     phases.diagnostics.update(noise=estimate_noise(curve), resolution_at_t2=_resolution(curve, phases.t2),
                               plateau_accuracy=_mean_between(curve, phases.t1, phases.t2),
                               n_train=int((ds["split"].values == "train").sum()),
@@ -204,6 +223,12 @@ def _detect_run(ds, method, n_boot, level, seed, run, per_fact, tol, params) -> 
         phases.acquisition_by_decile = facts.by_decile(acq).to_dict("records")
         phases.acquisition_by_attribute = facts.by_attribute(acq).to_dict("records")
         phases.acquired_fraction = facts.acquired_fraction(acq, ds["step"].values)
+    if sampling == "sequential":
+        phases.sequential = interventions.sequential_measures(ds, summary)
+        phases.groups = phases.sequential.pop("curves")
+    if compare_reference and (config.get("patch") or {}).get("reference"):
+        phases.patching, phases.reference = interventions.compare_with_reference(
+            phases, ds, n_boot, level, seed, method, **params)
     return phases
 
 
@@ -275,6 +300,13 @@ def phases_table(all_phases: list[Phases]) -> pd.DataFrame:
             ci = d.get({"plateau_length": "plateau_ci"}.get(key, f"{key}_ci"))
             row[f"{key}_lo"], row[f"{key}_hi"] = (ci if ci else (None, None))
         row["hallucination_lag"] = d.get("hallucination_lag")
+        finetune, patching = d.get("finetune") or {}, d.get("patching") or {}
+        for key in ("collapse_step", "collapse_depth", "new_acquisition_step"):
+            row[f"finetune_{key}"] = finetune.get(key)
+            row[f"finetune_{key}_lo"], row[f"finetune_{key}_hi"] = finetune.get(f"{key}_ci") or (None, None)
+        for key in ("t2_difference", "plateau_difference"):
+            row[f"patching_{key}"] = patching.get(key)
+            row[f"patching_{key}_lo"], row[f"patching_{key}_hi"] = patching.get(f"{key}_ci") or (None, None)
         row["final_loss"] = d.get("final_loss")
         row["notes"] = "; ".join(d.get("notes") or [])
         rows.append(row)

@@ -13,6 +13,8 @@ One chart each (a run is a RunData, a run folder or a store-schema Dataset):
     attribute_accuracy_chart, attributes_chart, hallucination_chart,
     acquisition_histogram_chart, acquired_by_decile_chart, rank_chart, acquisition_chart,
     attention_chart, training_chart
+Intervention runs: finetune_run_chart (fine-tuning: old against new individuals),
+    patching_chart (a patched run over its reference), sequential_chart (groups' accuracy)
 Across runs (a list of runs or a folder): scaling_chart, alpha_chart, warmup_chart,
     finetune_chart, known_chart, sweep_charts
 """
@@ -21,11 +23,14 @@ from importlib import import_module
 
 _RUN_CHARTS = ("loss_chart", "accuracy_chart", "population_chart", "attribute_loss_chart", "attribute_accuracy_chart",
                "attributes_chart", "hallucination_chart", "acquisition_histogram_chart", "acquired_by_decile_chart",
-               "rank_chart", "acquisition_chart", "attention_chart", "training_chart", "run_charts", "phase_layers")
+               "rank_chart", "acquisition_chart", "attention_chart", "training_chart", "phase_layers")
+_INTERVENTION_CHARTS = ("finetune_run_chart", "patching_chart", "sequential_chart")
 _SWEEP_CHARTS = ("scaling_chart", "alpha_chart", "warmup_chart", "finetune_chart", "known_chart", "sweep_charts")
 _EXPORTS = {
     **{name: "reports.charts" for name in _RUN_CHARTS},
     **{name: "reports.sweeps" for name in _SWEEP_CHARTS},
+    **{name: "reports.interventions" for name in _INTERVENTION_CHARTS},
+    "run_charts": "reports.site",
     "RunData": "reports.data",
     "run_data": "reports.data",
     "load_runs": "reports.site",

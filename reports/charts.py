@@ -353,7 +353,8 @@ def _subtitle(run: RunData) -> str:
     return ", ".join(parts)
 
 
-# The run page's sections: (key, heading, chart function, the table it needs).
+# The run page's sections of every run: (key, heading, chart function, the table it needs);
+# reports.site puts the intervention runs' sections (reports.interventions) before them.
 RUN_SECTIONS = (
     ("population", "The three phases", population_chart, "population"),
     ("attributes", "The six attributes", attributes_chart, "attributes"),
@@ -363,8 +364,3 @@ RUN_SECTIONS = (
     ("training", "Training loss and learning rate", training_chart, "training"),
 )
 
-
-def run_charts(run) -> dict[str, alt.TopLevelMixin]:
-    """Every section chart of the run page that the run has data for, by key."""
-    run = as_run(run)
-    return {key: make(run) for key, _, make, table in RUN_SECTIONS if len(getattr(run, table))}

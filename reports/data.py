@@ -52,10 +52,19 @@ class RunData:
     acquired_fraction: pd.DataFrame = field(default_factory=pd.DataFrame)  # step, decile, fraction
     attention: pd.DataFrame = field(default_factory=pd.DataFrame)  # step, layer, signature, mean, low, high
     training: pd.DataFrame = field(default_factory=pd.DataFrame)  # step, step_lo, step_hi, loss, loss_min, loss_max, lr
+    reference: pd.DataFrame = field(default_factory=pd.DataFrame)  # patched runs: the reference's step, loss, accuracy
+    groups: pd.DataFrame = field(default_factory=pd.DataFrame)  # sequential runs: step, group, accuracy, loss
 
     @property
     def has_data(self) -> bool:
         return not self.population.empty
+
+    @property
+    def finetune(self) -> pd.DataFrame:
+        """A fine-tuning run's population rows of old (train) and new (finetune) individuals."""
+        if not self.phases.get("finetune") or not self.has_data:
+            return pd.DataFrame()
+        return self.population[self.population["split"].isin(["train", "finetune"])]
 
     @property
     def never_acquired(self) -> float | None:
@@ -101,6 +110,11 @@ def run_data(source, name: str | None = None, *, n_boot: int = 200, method: str 
                                   .rename(columns={"acquired_fraction": "fraction"}))
     data.attention = attention_table(ds)
     data.training = training_table(ds)
+    if phases.reference is not None and phases.reference.curves is not None:
+        data.reference = (phases.reference.curves[["mean_loss", "mean_accuracy"]].sel(split="train", drop=True)
+                          .to_dataframe().reset_index().rename(columns={"mean_loss": "loss", "mean_accuracy": "accuracy"}))
+    if phases.groups is not None:
+        data.groups = phases.groups.to_dataframe().reset_index()
     return data
 
 

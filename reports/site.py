@@ -26,8 +26,9 @@ from pathlib import Path
 
 import altair as alt
 
-from reports.charts import RUN_SECTIONS, run_charts
+from reports.charts import RUN_SECTIONS as PHASE_SECTIONS, as_run
 from reports.data import RunData, run_data, unreadable
+from reports.interventions import INTERVENTION_SECTIONS
 from reports.sweeps import SWEEP_SECTIONS, sweep_charts
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
@@ -139,6 +140,16 @@ def write_pngs(specs: dict[str, dict], folder: Path, scale: float = 1.5) -> list
         _write(path, vl_convert.vegalite_to_png(spec, vl_version=_vl_version(), scale=scale))
         written.append(path)
     return written
+
+
+# The run page's sections: an intervention run's own figure first, then every run's.
+RUN_SECTIONS = INTERVENTION_SECTIONS + PHASE_SECTIONS
+
+
+def run_charts(run) -> dict[str, alt.TopLevelMixin]:
+    """Every section chart of the run page that the run has data for, by key."""
+    run = as_run(run)
+    return {key: make(run) for key, _, make, table in RUN_SECTIONS if len(getattr(run, table))}
 
 
 # ----------------------------------------------------------------------------- loading runs

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import phasefit
+from phasefit.curves import population_curves, split_curve
 from phasefit.hallucination import onset
 from phasefit.simulate import expected_curve, simulate, truth
 
@@ -37,3 +38,32 @@ def test_no_heldout_individuals_or_no_hallucination_are_notes_not_errors():
     calibrated = phasefit.detect(simulate(n_individuals=200, n_heldout=100, hallucination=0.0, seed=2), n_boot=0)
     assert calibrated.hallucination_onset is None
     assert any("no hallucination onset" in n for n in calibrated.notes)
+
+
+def test_onset_on_a_short_run_keeps_the_dip_to_the_baseline():
+    """30 evaluations: a smoothing window of up to half the run (15) hid the held-out loss's dip
+    to the baseline; the window is now capped at 10% of the evaluations."""
+    for seed in range(3):
+        ds = simulate(n_individuals=500, n_heldout=50, n_steps=1200, n_evals=30, t1=140, t2=260, t3=1000,
+                      hallucination_onset=260, seed=seed)
+        found = onset(split_curve(ds, population_curves(ds), "heldout"))
+        target = onset(expected_curve(ds, "heldout")).onset
+        assert found.smooth_window <= 3
+        assert found.onset is not None, found.notes
+        assert abs(found.onset - target) / 1200 < 0.03, (found.onset, target)
+        # With a window of half the run, as before, the dip is gone and the onset comes far too late.
+        assert onset(split_curve(ds, population_curves(ds), "heldout"), smooth_span=0.5).onset - target > 0.04 * 1200
+
+
+def test_onset_is_measured_from_the_lowest_level_when_heldout_never_reaches_the_baseline():
+    # A small model on a small world: the held-out loss bottoms out 8% above B, then rises from step 300
+    # (evaluated at 282 and 331: the crossing is interpolated between them).
+    step = np.unique(np.round(np.concatenate([[0], np.geomspace(1, 1200, 12), np.linspace(0, 1200, 18)])))
+    x = np.log1p(step)
+    B = 3.5
+    floor = 1.08 * B
+    loss = np.maximum(floor + 9 * np.clip(1 - x / np.log(100), 0, None), floor) + 1.5 * np.clip(x - np.log(300), 0, None)
+    loss += np.random.default_rng(0).normal(0, 0.01, len(loss))
+    found = onset(phasefit.Curve(step, loss, B))
+    assert found.onset is not None and 282 <= found.onset <= 331, found
+    assert any("measured from its lowest level" in n for n in found.notes)

@@ -67,22 +67,35 @@ class ThresholdDetector(Detector):
             return Boundaries(None, None, None, [f"only {n} evaluation steps: too few to find phases"], {"skipped": True})
         band = min(self.t1_tol, self.t2_tol) * curve.baseline
         smoothed, window = smooth_for_band(curve, band, self.smooth)
-        found = threshold_rules(smoothed, smoothed.loss[None], self.t1_tol, self.t2_tol, self.t3_tol, self.tail)
-        t1, t2, t3 = (None if np.isnan(v) else float(v) for v in found["t"][0])
-        notes = []
-        if t1 is None:
-            notes.append(f"loss never reached the baseline: lowest {curve.loss.min():.3g} nats, "
-                         f"baseline {curve.baseline:.3g} nats")
-        elif t2 is None:
-            notes.append(f"no plateau end: loss still within {self.t2_tol:.0%} of the baseline at the last "
-                         f"evaluation (step {curve.step[-1]:.0f})")
-        elif t3 is None:
-            notes.append("knowledge not saturated: loss still above its final level at the last evaluation")
-        elif found["t3_in_tail"][0]:
-            notes.append(f"t3 falls in the last {self.tail:.0%} of the run: the loss may still be falling")
-        diagnostics = {"smooth_window": window, "final_level": float(found["end"][0]),
-                       "t3_level": float(found["ceiling"][0])}
-        return Boundaries(t1, t2, t3, notes, diagnostics)
+        found = rules_on(smoothed, self.t1_tol, self.t2_tol, self.t3_tol, self.tail)
+        found.diagnostics["smooth_window"] = window
+        return found
+
+
+def rules_on(curve: Curve, t1_tol: float, t2_tol: float, t3_tol: float, tail: float, subject: str = "loss",
+             tail_is_missing: bool = False) -> Boundaries:
+    """The threshold rules on one curve, with a note for the first boundary missing.
+
+    ``subject`` names the curve in the notes ("loss", "fitted loss"); with ``tail_is_missing``
+    a t3 in the last ``tail`` of the run counts as not saturated, else it is kept with a note.
+    """
+    found = threshold_rules(curve, curve.loss[None], t1_tol, t2_tol, t3_tol, tail)
+    t1, t2, t3 = (None if np.isnan(v) else float(v) for v in found["t"][0])
+    in_tail = bool(found["t3_in_tail"][0])
+    notes = []
+    if t1 is None:
+        notes.append(f"loss never reached the baseline: lowest {subject} {curve.loss.min():.3g} nats, "
+                     f"baseline {curve.baseline:.3g} nats")
+    elif t2 is None:
+        notes.append(f"no plateau end: {subject} still within {t2_tol:.0%} of the baseline at the last "
+                     f"evaluation (step {curve.step[-1]:.0f})")
+    elif t3 is None or (in_tail and tail_is_missing):
+        notes.append(f"knowledge not saturated: {subject} still above its final level at the last evaluation")
+        t3 = None
+    elif in_tail:
+        notes.append(f"t3 falls in the last {tail:.0%} of the run: the {subject} may still be falling")
+    diagnostics = {"final_level": float(found["end"][0]), "t3_level": float(found["ceiling"][0])}
+    return Boundaries(t1, t2, t3, notes, diagnostics)
 
 
 def _cross(x: np.ndarray, step0: float, L: np.ndarray, i: np.ndarray, level) -> np.ndarray:
