@@ -9,6 +9,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The workers share the cores: one thread each (also for the processes the tests start).
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
     """Run ``phasefit ARGS`` in a fresh interpreter, as a user would."""
@@ -49,11 +56,3 @@ def small_world_config(**world):
 @pytest.fixture
 def tiny_path() -> Path:
     return TINY
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """One run of the tiny preset, trained once per test session with ``phasefit train``."""
-    out = tmp_path_factory.mktemp("tiny") / "tiny"
-    run_cli("train", str(TINY), "--out", str(out), timeout=1800, check=True)
-    return out

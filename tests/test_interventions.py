@@ -1,7 +1,7 @@
 """The study's interventions as run types: attention patching, fine-tuning, sequential groups.
 
-Quick runs check the mechanics (twins, gradients, stores, errors); the slow tests check the
-study's qualitative outcomes on real tiny-preset runs.
+Quick runs check the mechanics (twins, gradients, stores, errors); the study's qualitative
+outcomes on real tiny-preset runs are in test_tiny_run.py.
 """
 
 import copy

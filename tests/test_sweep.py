@@ -215,7 +215,7 @@ STUDY = sorted((ROOT / "configs" / "sweeps").glob("*.toml"))
 
 def test_the_study_has_one_sweep_file_per_experiment():
     assert {p.stem for p in STUDY} == {"plateau_vs_n", "alpha", "celebrities", "warmup", "hallucination", "finetune",
-                                        "sequential"}
+                                        "patching", "sequential"}
 
 
 @pytest.mark.parametrize("path", STUDY, ids=lambda p: p.stem)

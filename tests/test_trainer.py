@@ -98,32 +98,6 @@ def test_cli_trains_and_refuses_to_overwrite(tmp_path):
     assert proc.returncode == 2 and "already exists" in proc.stderr
 
 
-@pytest.mark.slow
-def test_tiny_preset_shows_the_three_phases(tiny_run):
-    """The study's picture in the store: the loss drops to the no-knowledge baseline, stays near
-    it for a stretch with accuracy at chance, then knowledge emerges; held-out individuals end
-    above the baseline (hallucination)."""
-    ds = logstore.open_run(tiny_run / "metrics.zarr")
-    assert ds.attrs["status"] == "complete"
-    curves = logstore.population_curves(ds)
-    baseline = float(ds.baseline.mean())
-    loss = curves.loss.sel(split="train").mean("attribute").values
-    accuracy = curves.accuracy.sel(split="train").mean("attribute").values
-    heldout = curves.loss.sel(split="heldout").mean("attribute").values
-    steps = ds.step.values
-    near = np.abs(loss - baseline) < 0.1 * baseline
-    plateau = near & (accuracy < 0.15)
-    assert loss[0] > baseline + 1.0  # starts far above the baseline
-    first = np.argmax(near)
-    assert near[first] and not (accuracy[:first] > 0.15).any()  # reaches it before knowing facts
-    # The plateau: consecutive evaluations near the baseline at chance accuracy, over >= 8% of the run.
-    runs = np.split(steps[plateau], np.flatnonzero(np.diff(np.flatnonzero(plateau)) > 1) + 1)
-    longest = max(r[-1] - r[0] for r in runs if len(r))
-    assert longest >= 0.08 * steps[-1], f"plateau of {longest} steps"
-    assert accuracy[-1] > 0.9
-    assert heldout[-1] > baseline
-
-
 def test_a_compiler_failure_falls_back_to_eager_steps(tmp_path, monkeypatch, capsys):
     """An inductor bug (seen with torch 2.11 on the tiny preset's CUDA step) must not cost the run:
     the step warns once and trains eagerly, with the same losses as an eager step."""
