@@ -15,7 +15,13 @@ SHORT = {"world.n_individuals": "N", "sampling.kind": "sampling", "sampling.alph
          "sampling.warmup_individuals": "warmup", "sampling.warmup_epochs": "warmup_epochs",
          "sampling.celebrities": "celebrities", "sampling.celebrity_weight": "celebrity_weight",
          "train.lr": "lr", "train.steps": "steps", "train.batch_size": "batch", "model.preset": "model",
-         "train.weight_decay": "wd", "world.n_finetune": "n_finetune", "sampling.replay_weight": "replay"}
+         "train.weight_decay": "wd", "world.n_finetune": "n_finetune", "sampling.replay_weight": "replay",
+         "sampling.n_groups": "groups", "sampling.n_repeats": "repeats",
+         "patch.reference_step": "patterns_from", "patch.start": "patch_start"}
+# The conditions that only describe runs of one sampling kind, or patched runs.
+OF_KIND = {"power_law": ("alpha",), "celebrities": ("celebrities", "celebrity_weight"),
+           "warmup": ("warmup", "warmup_epochs"), "sequential": ("groups", "repeats"), "finetune": ("replay",)}
+OF_PATCHING = ("patterns_from", "patch_start")
 
 
 def is_run(path: Path) -> bool:
@@ -56,11 +62,10 @@ def conditions(config: dict) -> dict:
     flat = flatten(config)
     out = {short: flat[key] for key, short in SHORT.items() if key in flat}
     kind = flat.get("sampling.kind", "uniform")
-    # Parameters of other sampling kinds do not describe this run.
-    unused = {"uniform": ("alpha", "warmup", "warmup_epochs", "celebrities", "celebrity_weight", "replay"),
-              "power_law": ("warmup", "warmup_epochs", "celebrities", "celebrity_weight", "replay"),
-              "celebrities": ("alpha", "warmup", "warmup_epochs", "replay"),
-              "warmup": ("alpha", "celebrities", "celebrity_weight", "replay")}.get(kind, ())
+    # Parameters of other sampling kinds (and of patching, in an unpatched run) do not describe it.
+    unused = [k for other, keys in OF_KIND.items() if other != kind for k in keys]
+    if not flat.get("patch.reference"):
+        unused += OF_PATCHING
     for key in unused:
         out.pop(key, None)
     if "seed" in flat:

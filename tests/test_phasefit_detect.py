@@ -105,3 +105,17 @@ def test_a_run_without_plateau_says_so():
     phases = phasefit.detect(ds, "threshold", n_boot=20)
     assert phases.plateau_length < 160
     assert any(n.startswith("no plateau") for n in phases.notes)
+
+
+def test_conditions_name_what_describes_each_kind_of_run():
+    from phasefit.runs import conditions
+
+    base = {"seed": 1, "world": {"n_individuals": 400, "n_finetune": 0},
+            "sampling": {"kind": "uniform", "alpha": 0.5, "n_groups": 4, "n_repeats": 2, "replay_weight": 0.5},
+            "patch": {"reference": "", "reference_step": 1007, "start": 0}}
+    assert conditions(base) == {"N": 400, "n_finetune": 0, "sampling": "uniform", "seed": 1}
+    sequential = {**base, "sampling": {**base["sampling"], "kind": "sequential"}}
+    assert conditions(sequential)["groups"] == 4 and conditions(sequential)["repeats"] == 2
+    assert "alpha" not in conditions(sequential) and "replay" not in conditions(sequential)
+    patched = {**base, "patch": {**base["patch"], "reference": "/runs/reference"}}
+    assert conditions(patched)["patterns_from"] == 1007 and conditions(patched)["patch_start"] == 0

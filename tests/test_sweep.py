@@ -134,7 +134,7 @@ def test_a_dask_cluster_gives_the_same_stores_as_the_local_pool(tmp_path, monkey
 def test_an_interrupted_sweep_restarts_without_redoing_finished_runs(tmp_path):
     path = write(tmp_path, "three.toml", """
 [grid]
-length = [{ label = "a" }, { label = "b", "train.steps" = 300 }, { label = "c" }]
+length = [{ label = "a" }, { label = "b", "train.steps" = 1000 }, { label = "c" }]
 """)
     out = tmp_path / "runs"
     runs = {name: out / "three" / f"{name}-seed0" for name in "abc"}
@@ -165,7 +165,7 @@ length = [{ label = "a" }, { label = "b", "train.steps" = 300 }, { label = "c" }
     assert log_b.count("starting on") == 1 and log_b.count("resuming on") == 1
     b_store = logstore.open_run(runs["b"])
     assert b_store.attrs["status"] == "complete"
-    assert list(b_store.train_step.values) == list(range(1, 301))  # no step lost or repeated
+    assert list(b_store.train_step.values) == list(range(1, 1001))  # no step lost or repeated
     assert logstore.open_run(runs["c"]).attrs["status"] == "complete"
 
 
