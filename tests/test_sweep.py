@@ -140,7 +140,9 @@ length = [{ label = "a" }, { label = "b", "train.steps" = 1000 }, { label = "c" 
     runs = {name: out / "three" / f"{name}-seed0" for name in "abc"}
     cmd = [sys.executable, "-m", "phasefit.cli", "sweep", str(path), "--out", str(out), "--workers", "1",
            "--device", "cpu"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Ctrl-C as in a terminal: a test runner's worker may ignore SIGINT, and its children would inherit that.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while progress_steps(runs["b"]) < 100 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
