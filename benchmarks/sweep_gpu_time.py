@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 
 from trainer.config import Config
-from trainer.plan import spaced_steps
+from trainer.plan import dense_size, spaced_steps
 from trainer.sweep import load_sweep
 
 
 def probes(c: Config) -> int:
     """Evaluation biographies of a run's plan (see trainer.plan.build_plan)."""
     e, w = c.eval, c.world
-    splits = [(w.n_individuals, e.subset), (w.n_heldout, e.heldout_subset), (w.n_finetune, e.subset)]
-    dense = sum(n if size == 0 else min(n, size) for n, size in splits)
+    splits = {"train": w.n_individuals, "heldout": w.n_heldout, "finetune": w.n_finetune}
+    dense = sum(n if dense_size(e, split) == 0 else min(n, dense_size(e, split)) for split, n in splits.items())
     everyone = w.n_individuals + w.n_heldout + w.n_finetune
     n_evals = len(spaced_steps(c.train.steps, e.n_evals, e.log_fraction))
     n_full = n_evals if dense == everyone else min(n_evals, e.n_full)

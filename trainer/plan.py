@@ -36,6 +36,11 @@ def spaced_steps(total: int, n: int, log_fraction: float) -> np.ndarray:
     return np.unique(np.concatenate([[0, total], log, linear]).round().astype(np.int64))
 
 
+def dense_size(e: EvalConfig, split: str) -> int:
+    """Individuals of ``split`` evaluated at every step (0: everyone)."""
+    return e.heldout_subset if split == "heldout" else e.subset
+
+
 def build_plan(e: EvalConfig, world: World, steps: int, seed: int) -> EvalPlan:
     """Evaluate every split's individuals; a rank-stratified subset of trained ones (evenly
     spaced ranks, so every frequency decile is covered) and seeded random subsets of the other
@@ -46,7 +51,7 @@ def build_plan(e: EvalConfig, world: World, steps: int, seed: int) -> EvalPlan:
     dense, rest = [], []
     for split in ("train", "heldout", "finetune"):
         ids = world.ids(split)
-        size = e.heldout_subset if split == "heldout" else e.subset
+        size = dense_size(e, split)
         if size == 0 or len(ids) <= size:
             dense.append(ids)
             continue
