@@ -9,12 +9,12 @@ Prints a table and one JSON line per measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from rows import print_rows  # benchmarks/rows.py
 from trainer.batches import Biographies
 from trainer.config import load_config
 from trainer.loop import make_optimizer, make_train_step
@@ -76,11 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = [row for preset in args.presets.split(",") for row in bench(preset, device, args.repeats)]
-    print(f"{'config':<42} {'metric':<24} {'value':>12}")
-    for r in rows:
-        print(f"{r['config']:<42} {r['metric']:<24} {r['value']:>12.4g} {r['unit']}")
-    for r in rows:
-        print(json.dumps(r))
+    print_rows(rows)
 
 
 if __name__ == "__main__":

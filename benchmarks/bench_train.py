@@ -9,26 +9,31 @@ Measures, in one process:
 - with ``--run``, the preset's default run (``trainer.loop.train``, evaluation plan included):
   its wall time, and the metrics tax (seconds in evaluations / all other seconds);
 - on CUDA, the same step without CUDA graphs (``train.cuda_graphs = false``);
+- the probes' rate: biographies per second of one evaluation of everyone by the loop's
+  Evaluator, and its ratio to the training step's biographies per second;
 - MFU against the detected GPU's bf16 peak (dense), and peak memory.
-Prints a table and one JSON line per measurement.
+Tokens and FLOPs count the padded batch (an eager CPU step skips the columns that are padding
+in every row, about 15% of them). Prints a table and one JSON line per measurement.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from logstore.schema import ATTRIBUTES
+from rows import print_rows  # benchmarks/rows.py
 from trainer.batches import Biographies
 from trainer.config import load_config
-from trainer.loop import make_optimizer, make_train_step, train
+from trainer.loop import Evaluator, make_optimizer, make_train_step, train
 from trainer.model import Transformer
+from trainer.plan import build_plan
 from trainer.run import prepare_run
 from trainer.sampling import Sampler, build_stages
 from trainer.text import TEMPLATES, tokenize
@@ -74,6 +79,22 @@ def step_time(step_fn, make_tokens, n: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / n
 
 
+def probe_rate(config, world, bios: Biographies, model: Transformer, device: torch.device) -> float:
+    """Biographies per second of one evaluation of everyone (the plan's full step) by the loop's Evaluator."""
+    plan = build_plan(config.eval, world, config.train.steps, config.seed)
+    evaluate = Evaluator(world, bios, plan, config.eval.batch_size, config.eval.attention_probe, config.seed)
+    full = int(np.flatnonzero(plan.full)[0])
+    exposures = torch.zeros(world.n, dtype=torch.long, device=device)
+    model.eval()
+    evaluate(model, full, exposures)  # warm-up
+    sync(device)
+    started = time.perf_counter()
+    evaluate(model, full, exposures)  # ends with the results on the host
+    seconds = time.perf_counter() - started
+    model.train()
+    return len(plan.order) / seconds
+
+
 def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides: list[str]) -> list[dict]:
     config = load_config(ROOT / "configs" / f"{preset}.toml", overrides)
     world = build_world(config.world, config.seed)
@@ -112,6 +133,7 @@ def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides:
         return naive_batch(world, ids, cpu_rng).to(device)
 
     naive = step_time(naive_step, python_batch, max(3, n_steps // 3), device)
+    probes = probe_rate(config, world, bios, model, device)
 
     tokens = b * (world.seq_len - 1)
     flops = 6 * model.n_params(embeddings=False) * tokens + 6 * model.embed.weight.numel() * tokens \
@@ -126,6 +148,9 @@ def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides:
         {**row, "metric": "speedup_over_naive", "value": naive / fast, "unit": "ratio"},
         {**row, "metric": "peak_memory", "value": peak, "unit": "MiB"},
         {**row, "metric": "projected_run_min", "value": fast * config.train.steps / 60, "unit": "min (training steps only)"},
+        {**row, "metric": "probe_biographies_per_s", "value": probes, "unit": "1/s"},
+        {**row, "metric": "probe_speed_over_training", "value": probes * fast / b,
+         "unit": "ratio of biographies/s (a forward pass alone: about 3)"},
     ]
     if without_graphs is not None:
         rows.append({**row, "metric": "ms_per_step_without_graphs", "value": 1e3 * without_graphs, "unit": "ms"})
@@ -160,11 +185,7 @@ def main() -> None:
                         help="override a config key of the preset (repeatable)")
     args = parser.parse_args()
     rows = bench(args.preset, torch.device(args.device), args.steps, args.run, args.overrides)
-    print(f"{'metric':<28} {'value':>12}  unit   [{rows[0]['config']}, {rows[0]['device']}]")
-    for r in rows:
-        print(f"{r['metric']:<28} {r['value']:>12.4g}  {r['unit']}")
-    for r in rows:
-        print(json.dumps(r))
+    print_rows(rows)
 
 
 if __name__ == "__main__":

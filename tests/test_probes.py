@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from conftest import small_world_config
-from trainer.batches import Biographies
+from trainer.batches import Biographies, trim_padding
+from trainer.loop import Evaluator
 from trainer.model import Transformer
+from trainer.plan import build_plan
 from trainer.probes import attention_signatures, fact_metrics, fact_metrics_from_logits, signatures
 from trainer.world import build_world
 
@@ -101,3 +103,37 @@ def test_supplied_attention_changes_the_output_and_gets_no_gradient(setup):
     assert not torch.allclose(out, model(tokens))
     out.sum().backward()
     assert reference.grad is None
+
+
+def test_the_evaluator_reads_the_plan_in_batches(setup):
+    """An evaluation row holds fact_metrics of the step's individuals, whatever the batch size,
+    and missing values (NaN, False) for those the plan skips at that step."""
+    world, model, bios, _ = setup
+    config = small_world_config()
+    config.eval.subset, config.eval.heldout_subset, config.eval.n_full = 40, 10, 2
+    plan = build_plan(config.eval, world, 100, seed=0)
+    partial = int(np.flatnonzero(~plan.full)[0])
+    exposures = torch.arange(world.n)
+    rows = {size: Evaluator(world, bios, plan, size, n_attention=8, seed=0)(model, partial, exposures)
+            for size in (7, 1024)}
+    order = torch.as_tensor(plan.order)
+    dense = order[: plan.n_dense]
+    expected = fact_metrics(model, bios.assemble(dense, *bios.eval_layout(dense)))
+    for row in rows.values():
+        for key in ("loss", "top_prob", "entropy"):
+            np.testing.assert_allclose(row[key][: plan.n_dense], getattr(expected, key).numpy(), rtol=1e-4, err_msg=key)
+            assert np.isnan(row[key][plan.n_dense:]).all()
+        np.testing.assert_array_equal(row["correct"][: plan.n_dense], expected.correct.numpy())
+        assert not row["correct"][plan.n_dense:].any()
+        np.testing.assert_array_equal(row["exposures"], exposures[order].numpy())
+        assert row["attn_sharpness"].shape == (model.n_layers, model.n_heads)
+
+
+def test_trimming_the_padding_columns_keeps_every_output(setup):
+    world, model, bios, batch = setup
+    trimmed = trim_padding(batch.tokens, bios.pad)
+    assert trimmed.shape[1] < batch.tokens.shape[1]  # biographies are shorter than seq_len
+    assert (batch.tokens[:, trimmed.shape[1]:] == bios.pad).all()
+    assert (trimmed[:, -1] != bios.pad).any()  # the longest biography is kept whole
+    with torch.no_grad():
+        torch.testing.assert_close(model(trimmed), model(batch.tokens)[:, : trimmed.shape[1]], rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 
 import logstore
 from trainer import checkpoints, references
-from trainer.batches import Biographies
+from trainer.batches import Batch, Biographies, trim_padding
 from trainer.config import Config
 from trainer.model import Transformer
 from trainer.patching import PatchedModel
 from trainer.plan import EvalPlan, build_plan
-from trainer.probes import attention_signatures, fact_metrics
+from trainer.probes import FactMetrics, attention_signatures, fact_metrics
 from trainer.sampling import Sampler, build_stages
 from trainer.world import World, build_world
 
@@ -78,7 +78,8 @@ def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config
 
     On CUDA: bf16 autocast, and ``torch.compile`` of forward, loss and backward (``train.compile``),
     with CUDA graphs when ``train.cuda_graphs`` is on; on CPU: fp32, eager unless
-    ``train.compile = "on"``. Padding positions carry no loss.
+    ``train.compile = "on"``. Padding positions carry no loss (and an eager CPU step does not
+    compute the padding columns at the batch's end).
     """
     use_cuda = device.type == "cuda"
 
@@ -97,6 +98,8 @@ def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config
     def train_step(tokens: torch.Tensor) -> torch.Tensor:
         nonlocal compiled
         if compiled is None:
+            if not use_cuda:
+                tokens = trim_padding(tokens, pad)
             loss = token_loss(tokens)
         else:
             try:
@@ -121,27 +124,28 @@ class Evaluator:
 
     def __init__(self, world: World, bios: Biographies, plan: EvalPlan, batch_size: int, n_attention: int, seed: int):
         self.bios, self.plan, self.batch_size = bios, plan, batch_size
-        order = torch.as_tensor(plan.order, device=bios.device)
-        self.templates, self.sentence_order = bios.eval_layout(order, seed)
+        self.order = torch.as_tensor(plan.order, device=bios.device)
+        self.templates, self.sentence_order = bios.eval_layout(self.order, seed)
         trained = torch.as_tensor(world.ids("train")[:n_attention], device=bios.device)
         self.attention_batch = bios.assemble(trained, *bios.eval_layout(trained, seed))
 
     def __call__(self, model: Transformer, i: int, exposures: torch.Tensor) -> dict[str, np.ndarray]:
         n_all, n_attr = len(self.plan.order), self.templates.shape[1]
         n = len(self.plan.individuals_at(i))
-        out = {"loss": np.full((n_all, n_attr), np.nan, np.float32), "correct": np.zeros((n_all, n_attr), bool),
-               "top_prob": np.full((n_all, n_attr), np.nan, np.float32),
-               "entropy": np.full((n_all, n_attr), np.nan, np.float32)}
-        order = torch.as_tensor(self.plan.order, device=self.bios.device)
-        device = self.bios.device
+        device, order = self.bios.device, self.order
+        parts = []  # results stay on the device until the evaluation is done: no transfer (and wait) per batch
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             for start in range(0, n, self.batch_size):
                 rows = slice(start, min(n, start + self.batch_size))
                 batch = self.bios.assemble(order[rows], self.templates[rows], self.sentence_order[rows])
-                metrics = fact_metrics(model, batch)
-                for key in out:
-                    out[key][rows] = getattr(metrics, key).cpu().numpy()
-            out.update(attention_signatures(model, self.attention_batch))
+                if device.type == "cpu":
+                    batch = Batch(trim_padding(batch.tokens, self.bios.pad), batch.value_pos, batch.name_pos)
+                parts.append(fact_metrics(model, batch))
+            out = attention_signatures(model, self.attention_batch)
+        for key in (f.name for f in fields(FactMetrics)):  # individuals not evaluated at this step: missing
+            found = torch.cat([getattr(part, key) for part in parts]).cpu().numpy()
+            out[key] = np.full((n_all, n_attr), False if found.dtype == bool else np.nan, found.dtype)
+            out[key][:n] = found
         out["exposures"] = exposures[order].cpu().numpy()
         return out
 
