@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project in one go, for a machine with one CUDA GPU:
 #   benchmarks/gpu_checks.sh [OUT_DIR]        (default: gpu-results/)
-# 1. a short tiny-preset run on CUDA through the command line (the CUDA path works end to end);
+# 1. a short tiny-preset run on CUDA through the command line (the CUDA path works end to end),
+#    and its attention-patched twin (the reference's forward inside the compiled, graphed step);
 # 2. bench_batches on CUDA (batch assembly against one training step, tiny and paper presets);
 # 3. bench_train at the paper preset, then the paper preset's default run (16k steps, full
-#    evaluation plan): ms/step, MFU, CUDA graphs, the naive baseline, wall time and metrics tax.
+#    evaluation plan): ms/step, MFU, CUDA graphs, the naive baseline, the probes' rate, wall
+#    time and metrics tax.
 # Each step's output goes to OUT_DIR/<step>.log; a failing step does not stop the next.
 set -u
 out=${1:-gpu-results}
@@ -22,7 +24,10 @@ step() {  # step NAME SECONDS COMMAND...
     tail -n 25 "$out/$name.log"
 }
 
+rm -rf /tmp/phasefit-gpu-smoke /tmp/phasefit-gpu-patched
 step smoke 180 $py -m phasefit.cli train configs/tiny.toml --device cuda --out /tmp/phasefit-gpu-smoke \
     --set train.steps=300 --set eval.n_evals=10
+step patched 180 $py -m phasefit.cli train configs/tiny.toml --device cuda --out /tmp/phasefit-gpu-patched \
+    --set patch.reference=/tmp/phasefit-gpu-smoke --set train.steps=300 --set eval.n_evals=10
 step bench_batches 120 $py benchmarks/bench_batches.py --device cuda --presets tiny,paper --repeats 20
 step bench_train 420 $py benchmarks/bench_train.py --preset paper --device cuda --steps 50 --run

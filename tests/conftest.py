@@ -28,8 +28,8 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, check: bo
 
 
 # A very small run: enough to exercise every part of the loop in seconds.
-QUICK = ["world.n_individuals=40", "world.n_heldout=10", "model.d_model=32", "model.n_heads=2", "model.d_mlp=64",
-         "train.steps=40", "train.batch_size=8", "eval.n_evals=12", "eval.attention_probe=4",
+QUICK = ["world.n_individuals=40", "world.n_heldout=10", "model.n_layers=2", "model.d_model=32", "model.n_heads=2",
+         "model.d_mlp=64", "train.steps=40", "train.batch_size=8", "eval.n_evals=12", "eval.attention_probe=4",
          "train.n_checkpoints=3"]
 
 

@@ -75,7 +75,7 @@ class SamplingConfig:
 
 MODEL_PRESETS = {
     # name: (n_layers, d_model, n_heads, d_mlp)
-    "tiny": (2, 128, 4, 512),
+    "tiny": (1, 128, 4, 512),
     "paper": (8, 512, 8, 2048),
     "163M": (12, 896, 16, 3584),
     "400M": (12, 1536, 12, 6144),
