@@ -42,13 +42,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from logstore import list_runs
+    import pandas as pd
 
-    table = list_runs(args.runs_dir)
+    from phasefit.runs import listing
+
+    table = listing(args.runs_dir)
     if table.empty:
         print(f"no runs in {args.runs_dir}")
-    else:
-        print(table.to_string(index=False))
+        return 0
+    cells = [list(table.columns)] + [["-" if pd.isna(v) else str(v) for v in row] for row in table.itertuples(index=False)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
 
 

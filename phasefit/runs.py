@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 
@@ -59,7 +60,11 @@ def flatten(config: dict, prefix: str = "") -> dict:
 
 def conditions(config: dict) -> dict:
     """The conditions of a run under short names (N, sampling, alpha, lr, steps, ..., seed)."""
-    flat = flatten(config)
+    return named_conditions(flatten(config))
+
+
+def named_conditions(flat: dict) -> dict:
+    """``conditions`` of a flattened config ({"world.n_individuals": 400, ...})."""
     out = {short: flat[key] for key, short in SHORT.items() if key in flat}
     kind = flat.get("sampling.kind", "uniform")
     # Parameters of other sampling kinds (and of patching, in an unpatched run) do not describe it.
@@ -85,3 +90,22 @@ def describe(cond: dict, keys: list[str]) -> str:
         return f"{v:g}" if isinstance(v, float) and np.isfinite(v) else str(v)
 
     return " ".join(f"{k}={show(cond[k])}" for k in keys if k in cond)
+
+
+def listing(runs_dir: str | Path) -> pd.DataFrame:
+    """``logstore.list_runs`` for people (``phasefit ls``): its condition columns (the config
+    keys that differ between the runs, and the study's main ones) in one ``conditions`` column,
+    named as in detect's table (N, sampling, alpha, ...; other keys by their config name)."""
+    from logstore import list_runs
+
+    table = list_runs(runs_dir)
+    keys = [c for c in table.columns if c not in ("run", "status", "steps", "last_step", "problem")]
+    if table.empty or not keys:
+        return table
+    column = []
+    for row in table[keys].to_dict("records"):
+        flat = {k: v for k, v in row.items() if not pd.isna(v)}
+        named = named_conditions(flat)
+        others = sorted(k for k in flat if k not in SHORT and k != "seed")
+        column.append(" ".join(filter(None, (describe(named, list(named)), describe(flat, others)))))
+    return table.drop(columns=keys).assign(conditions=column)

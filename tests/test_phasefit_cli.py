@@ -107,3 +107,16 @@ def test_scheduler_fans_the_runs_out_over_a_dask_cluster(runs_dir, tmp_path):
     assert local["method"] == "threshold" and local["t2"] == pytest.approx(
         json.loads((runs_dir / "n300-s0" / "phases.json").read_text())["estimates"]["threshold"]["t2"])
     assert np.isfinite(local["t2_ci"]).all()
+
+
+def test_ls_lists_runs_with_state_and_conditions(runs_dir):
+    proc = run_cli("ls", str(runs_dir))
+    assert proc.returncode == 0, proc.stderr
+    header, *lines = proc.stdout.splitlines()
+    assert header.split() == ["run", "status", "steps", "last_step", "conditions"]
+    rows = {line.split()[0]: line for line in lines}
+    assert set(rows) == {"n300-s0", "n300-s1", "n600-s0", "live", "broken"}  # ls reads metadata only
+    assert rows["live"].split()[1] == "running" and rows["n300-s0"].split()[1] == "complete"
+    assert "N=600" in rows["n600-s0"] and "seed=1" in rows["n300-s1"]
+    assert rows["n300-s0"].split()[3] == str(simulate(n_individuals=300, n_heldout=30, seed=0).step.values[-1])
+    assert run_cli("ls", str(runs_dir / "nowhere")).returncode == 2
