@@ -99,6 +99,18 @@ def test_bad_sweep_files_name_the_file_run_and_key(tmp_path, extra, message):
     assert str(path) in str(err.value) and message in str(err.value)
 
 
+def test_a_run_outside_the_sweep_is_checked_when_the_sweep_is_read(tmp_path):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.toml").write_text(TINY.read_text())
+    for start, message in ((tmp_path / "nowhere", "not a run folder"), (unfinished, "the run has not finished")):
+        path = write(tmp_path, "outside.toml", tables=f'[[include]]\n"train.init_from" = "{start}"')
+        with pytest.raises(ConfigError) as err:
+            load_sweep(path, tmp_path / "runs")
+        assert str(path) in str(err.value) and f"train.init_from = {start}: {message}" in str(err.value)
+
+
+
 def test_cli_reports_a_bad_sweep_in_one_line(tmp_path):
     path = write(tmp_path, "bad.toml", "[grid]\n\"model.n_heads\" = [3]\n")
     proc = run_cli("sweep", str(path), "--out", str(tmp_path / "runs"))

@@ -50,11 +50,11 @@ def weights_file(path: str, step: int, key: str) -> Path:
     return file
 
 
-def check_references(config: Config) -> None:
-    """Check every run that ``config`` names before the run starts."""
-    if config.train.init_from:
+def check_references(config: Config, keys: tuple[str, ...] = ("train.init_from", "patch.reference")) -> None:
+    """Check the runs that ``config`` names (under ``keys``) before the run starts."""
+    if config.train.init_from and "train.init_from" in keys:
         check_reference(config.train.init_from, config, "train.init_from")
-    if config.patch.reference:
+    if config.patch.reference and "patch.reference" in keys:
         check_reference(config.patch.reference, config, "patch.reference")
         weights_file(config.patch.reference, config.patch.reference_step, "patch.reference_step")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from logstore.runs import flatten_config as flatten
 from trainer.config import SECTIONS, Config, ConfigError, from_dict, read_toml
+from trainer.references import check_references
 from trainer.run import to_toml
 
 SWEEP_KEYS = ("name", "base", "seeds", "runs_per_gpu", "set", "grid", "include")
@@ -178,8 +179,12 @@ def load_sweep(path: str | Path, out: str | Path = "runs") -> Sweep:
                               f"{run.conditions}); give them a 'label'")
         seen[run.name] = run.conditions
     for run in runs:
-        _resolve_reference(run, runs, source)
+        outside = _resolve_reference(run, runs, source)
         run.config = from_dict(run.config, source=f"{source} [{run.name}]")
+        try:  # runs outside the sweep must exist, have finished and match, before anything starts
+            check_references(run.config, outside)
+        except ConfigError as err:
+            raise ConfigError(f"{source} [{run.name}]: {err}") from None
     _check_no_cycle(runs, source)
     return Sweep(name, source, folder, runs, runs_per_gpu)
 
@@ -187,15 +192,16 @@ def load_sweep(path: str | Path, out: str | Path = "runs") -> Sweep:
 REFERENCES = (("train", "init_from"), ("patch", "reference"))  # keys that name another run
 
 
-def _resolve_reference(run: RunSpec, runs: list[RunSpec], source: Path) -> None:
+def _resolve_reference(run: RunSpec, runs: list[RunSpec], source: Path) -> tuple[str, ...]:
     """``"@pretrain"`` in ``train.init_from`` or ``patch.reference``: the run of this sweep named
-    pretrain-seedS (same seed) or pretrain, which must finish first."""
+    pretrain-seedS (same seed) or pretrain, which must finish first. Returns the keys that
+    name runs outside the sweep."""
+    outside = []
     for section, key in REFERENCES:
         start = run.config.get(section, {}).get(key, "")
         if not isinstance(start, str) or not start.startswith("@"):
-            if isinstance(start, str) and start and not (Path(start) / "checkpoints" / "final.safetensors").exists():
-                raise ConfigError(f"{source} [{run.name}]: {section}.{key}: no finished run at {start} "
-                                  f"(checkpoints/final.safetensors); name a run of this sweep with '@NAME'")
+            if start:
+                outside.append(f"{section}.{key}")
             continue
         label, seed = start[1:], run.config.get("seed")
         by_name = {r.name: r for r in runs}
@@ -205,6 +211,7 @@ def _resolve_reference(run: RunSpec, runs: list[RunSpec], source: Path) -> None:
                               f"{label} in this sweep")
         run.config[section][key] = str(target.path.resolve())
         run.needs.append(target.name)
+    return tuple(outside)
 
 
 def _check_no_cycle(runs: list[RunSpec], source: Path) -> None:
