@@ -10,7 +10,8 @@ Measures, in one process:
   its wall time, and the metrics tax (seconds in evaluations / all other seconds);
 - on CUDA, the same step without CUDA graphs (``train.cuda_graphs = false``);
 - the probes' rate: biographies per second of one evaluation of everyone by the loop's
-  Evaluator, and its ratio to the training step's biographies per second;
+  Evaluator, and its ratio to the training step's biographies per second (on CUDA, with a
+  profile of one evaluation's kernels);
 - MFU against the detected GPU's bf16 peak (dense), and peak memory.
 Tokens and FLOPs count the padded batch (an eager CPU step skips the columns that are padding
 in every row, about 15% of them). Prints a table and one JSON line per measurement.
@@ -91,6 +92,14 @@ def probe_rate(config, world, bios: Biographies, model: Transformer, device: tor
     started = time.perf_counter()
     evaluate(model, full, exposures)  # ends with the results on the host
     seconds = time.perf_counter() - started
+    if device.type == "cuda":  # where an evaluation's time goes, for the next optimisation
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        try:  # a profiler problem (no CUPTI) must not cost the measurements
+            with torch.profiler.profile(activities=activities) as prof:
+                evaluate(model, full, exposures)
+            print(prof.key_averages().table(sort_by="device_time_total", row_limit=20))
+        except RuntimeError as err:
+            print(f"no profile of the probes: {err}")
     model.train()
     return len(plan.order) / seconds
 
