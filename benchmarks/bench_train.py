@@ -11,7 +11,7 @@ Measures, in one process:
 - on CUDA, the same step without CUDA graphs (``train.cuda_graphs = false``);
 - the probes' rate: biographies per second of one evaluation of everyone by the loop's
   Evaluator, and its ratio to the training step's biographies per second (on CUDA, with a
-  profile of one evaluation's kernels);
+  profile of one evaluation's kernels, and the rate with ``eval.compile = "on"``);
 - MFU against the detected GPU's bf16 peak (dense), and peak memory.
 Tokens and FLOPs count the padded batch (an eager CPU step skips the columns that are padding
 in every row, about 15% of them). Prints a table and one JSON line per measurement.
@@ -80,10 +80,12 @@ def step_time(step_fn, make_tokens, n: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / n
 
 
-def probe_rate(config, world, bios: Biographies, model: Transformer, device: torch.device) -> float:
+def probe_rate(config, world, bios: Biographies, model: Transformer, device: torch.device, compile: bool,
+               profile: bool) -> float:
     """Biographies per second of one evaluation of everyone (the plan's full step) by the loop's Evaluator."""
     plan = build_plan(config.eval, world, config.train.steps, config.seed)
-    evaluate = Evaluator(world, bios, plan, config.eval.batch_size, config.eval.attention_probe, config.seed)
+    evaluate = Evaluator(world, bios, plan, config.eval.batch_size, config.eval.attention_probe, config.seed,
+                         compile=compile)
     full = int(np.flatnonzero(plan.full)[0])
     exposures = torch.zeros(world.n, dtype=torch.long, device=device)
     model.eval()
@@ -92,7 +94,7 @@ def probe_rate(config, world, bios: Biographies, model: Transformer, device: tor
     started = time.perf_counter()
     evaluate(model, full, exposures)  # ends with the results on the host
     seconds = time.perf_counter() - started
-    if device.type == "cuda":  # where an evaluation's time goes, for the next optimisation
+    if profile:  # where an evaluation's time goes, for the next optimisation
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         try:  # a profiler problem (no CUPTI) must not cost the measurements
             with torch.profiler.profile(activities=activities) as prof:
@@ -142,7 +144,10 @@ def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides:
         return naive_batch(world, ids, cpu_rng).to(device)
 
     naive = step_time(naive_step, python_batch, max(3, n_steps // 3), device)
-    probes = probe_rate(config, world, bios, model, device)
+    probes = probe_rate(config, world, bios, model, device, compile=False, profile=device.type == "cuda")
+    # On CUDA also with eval.compile (on CPU compiling takes longer than the evaluations it saves).
+    compiled_probes = probe_rate(config, world, bios, model, device, compile=True, profile=False) \
+        if device.type == "cuda" else None
 
     tokens = b * (world.seq_len - 1)
     flops = 6 * model.n_params(embeddings=False) * tokens + 6 * model.embed.weight.numel() * tokens \
@@ -163,6 +168,8 @@ def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides:
     ]
     if without_graphs is not None:
         rows.append({**row, "metric": "ms_per_step_without_graphs", "value": 1e3 * without_graphs, "unit": "ms"})
+    if compiled_probes is not None:
+        rows.append({**row, "metric": "probe_biographies_per_s_compiled", "value": compiled_probes, "unit": "1/s"})
     if device.type == "cuda":
         peak_tflops = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
         if peak_tflops:

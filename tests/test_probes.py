@@ -105,13 +105,17 @@ def test_supplied_attention_changes_the_output_and_gets_no_gradient(setup):
     assert reference.grad is None
 
 
+def small_plan(world):
+    config = small_world_config()
+    config.eval.subset, config.eval.heldout_subset, config.eval.n_full = 40, 10, 2
+    return build_plan(config.eval, world, 100, seed=0)
+
+
 def test_the_evaluator_reads_the_plan_in_batches(setup):
     """An evaluation row holds fact_metrics of the step's individuals, whatever the batch size,
     and missing values (NaN, False) for those the plan skips at that step."""
     world, model, bios, _ = setup
-    config = small_world_config()
-    config.eval.subset, config.eval.heldout_subset, config.eval.n_full = 40, 10, 2
-    plan = build_plan(config.eval, world, 100, seed=0)
+    plan = small_plan(world)
     partial = int(np.flatnonzero(~plan.full)[0])
     exposures = torch.arange(world.n)
     rows = {size: Evaluator(world, bios, plan, size, n_attention=8, seed=0)(model, partial, exposures)
@@ -137,3 +141,23 @@ def test_trimming_the_padding_columns_keeps_every_output(setup):
     assert (trimmed[:, -1] != bios.pad).any()  # the longest biography is kept whole
     with torch.no_grad():
         torch.testing.assert_close(model(trimmed), model(batch.tokens)[:, : trimmed.shape[1]], rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_probes_equal_eager_ones_without_recompiling(setup):
+    """eval.compile: one graph for every batch (the last one filled up to the batch size), the
+    same values as the eager probes, filler rows dropped."""
+    from torch._dynamo.utils import counters
+
+    world, model, bios, _ = setup
+    plan = small_plan(world)
+    exposures = torch.arange(world.n)
+    compiled = Evaluator(world, bios, plan, 16, n_attention=8, seed=0, compile=True)
+    eager = Evaluator(world, bios, plan, 16, n_attention=8, seed=0)
+    torch._dynamo.reset()
+    counters.clear()
+    for i in (int(np.flatnonzero(~plan.full)[0]), int(np.flatnonzero(plan.full)[0])):  # 50 and 370 individuals
+        got, expected = compiled(model, i, exposures), eager(model, i, exposures)
+        for key in ("loss", "top_prob", "entropy"):
+            np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        np.testing.assert_array_equal(got["correct"], expected["correct"])
+    assert counters["stats"]["unique_graphs"] == 1

@@ -72,6 +72,31 @@ def make_optimizer(model: torch.nn.Module, config: Config, fused: bool = False) 
                              lr=t.lr, betas=(t.beta1, t.beta2), fused=fused or None)
 
 
+def compiles(setting: str, device: torch.device) -> bool:
+    """Whether ``train.compile`` or ``eval.compile`` (auto | on | off) compiles on ``device``."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def compiled_or_eager(fn, key: str, **options):
+    """``torch.compile(fn)``; if the compiler fails, one line on stderr and ``fn`` itself from then
+    on (a compiler bug must not cost the run)."""
+    compiled = torch.compile(fn, **options)
+    failed = False
+
+    def call(*args):
+        nonlocal failed
+        if not failed:
+            try:
+                return compiled(*args)
+            except torch._dynamo.exc.BackendCompilerFailed as err:
+                print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                      f"running eagerly ({key} = \"off\" skips compilation)", file=sys.stderr)
+                failed = True
+        return fn(*args)
+
+    return call
+
+
 def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config: Config, device: torch.device,
                     pad: int):
     """One optimiser update on a batch of tokens; returns the mean token loss as a device tensor.
@@ -91,24 +116,16 @@ def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config
     t = config.train
     if use_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True  # the few fp32 matmuls outside autocast
-    compiled = None
-    if t.compile == "on" or (t.compile == "auto" and use_cuda):
-        compiled = torch.compile(token_loss, mode="reduce-overhead" if use_cuda and t.cuda_graphs else None)
+    if compiles(t.compile, device):
+        loss_of = compiled_or_eager(token_loss, "train.compile",
+                                    mode="reduce-overhead" if use_cuda and t.cuda_graphs else None)
+    elif use_cuda:
+        loss_of = token_loss
+    else:
+        loss_of = lambda tokens: token_loss(trim_padding(tokens, pad))  # noqa: E731
 
     def train_step(tokens: torch.Tensor) -> torch.Tensor:
-        nonlocal compiled
-        if compiled is None:
-            if not use_cuda:
-                tokens = trim_padding(tokens, pad)
-            loss = token_loss(tokens)
-        else:
-            try:
-                loss = compiled(tokens)
-            except torch._dynamo.exc.BackendCompilerFailed as err:  # a compiler bug must not cost the run
-                print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                      f"training eagerly (train.compile = \"off\" skips compilation)", file=sys.stderr)
-                compiled = None
-                loss = token_loss(tokens)
+        loss = loss_of(tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip:
@@ -122,8 +139,12 @@ def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config
 class Evaluator:
     """Probes the plan's individuals on their fixed evaluation text, in large batches."""
 
-    def __init__(self, world: World, bios: Biographies, plan: EvalPlan, batch_size: int, n_attention: int, seed: int):
+    def __init__(self, world: World, bios: Biographies, plan: EvalPlan, batch_size: int, n_attention: int, seed: int,
+                 compile: bool = False):
         self.bios, self.plan, self.batch_size = bios, plan, batch_size
+        # Compiled probes see batches of one shape: the last batch is filled up with repeated rows.
+        self.fixed_shape = compile
+        self.metrics = compiled_or_eager(fact_metrics, "eval.compile", dynamic=False) if compile else fact_metrics
         self.order = torch.as_tensor(plan.order, device=bios.device)
         self.templates, self.sentence_order = bios.eval_layout(self.order, seed)
         trained = torch.as_tensor(world.ids("train")[:n_attention], device=bios.device)
@@ -136,14 +157,16 @@ class Evaluator:
         parts = []  # results stay on the device until the evaluation is done: no transfer (and wait) per batch
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             for start in range(0, n, self.batch_size):
-                rows = slice(start, min(n, start + self.batch_size))
+                rows = torch.arange(start, min(n, start + self.batch_size), device=device)
+                if self.fixed_shape:
+                    rows = torch.cat([rows, rows.new_full((self.batch_size - len(rows),), start)])
                 batch = self.bios.assemble(order[rows], self.templates[rows], self.sentence_order[rows])
-                if device.type == "cpu":
+                if device.type == "cpu" and not self.fixed_shape:
                     batch = Batch(trim_padding(batch.tokens, self.bios.pad), batch.value_pos, batch.name_pos)
-                parts.append(fact_metrics(model, batch))
+                parts.append(self.metrics(model, batch))
             out = attention_signatures(model, self.attention_batch)
         for key in (f.name for f in fields(FactMetrics)):  # individuals not evaluated at this step: missing
-            found = torch.cat([getattr(part, key) for part in parts]).cpu().numpy()
+            found = torch.cat([getattr(part, key) for part in parts])[:n].cpu().numpy()  # without the filler rows
             out[key] = np.full((n_all, n_attr), False if found.dtype == bool else np.nan, found.dtype)
             out[key][:n] = found
         out["exposures"] = exposures[order].cpu().numpy()
@@ -173,7 +196,8 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
 
     optimizer = make_optimizer(model, config, fused=device.type == "cuda")
     generator = torch.Generator(device).manual_seed(config.seed)
-    evaluate = Evaluator(world, bios, plan, config.eval.batch_size, config.eval.attention_probe, config.seed)
+    evaluate = Evaluator(world, bios, plan, config.eval.batch_size, config.eval.attention_probe, config.seed,
+                         compile=compiles(config.eval.compile, device))
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     keep_weights = checkpoints.checkpoint_steps(config.train.steps, config.train.n_checkpoints)
