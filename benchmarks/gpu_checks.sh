@@ -30,4 +30,4 @@ step smoke 180 $py -m phasefit.cli train configs/tiny.toml --device cuda --out /
 step patched 180 $py -m phasefit.cli train configs/tiny.toml --device cuda --out /tmp/phasefit-gpu-patched \
     --set patch.reference=/tmp/phasefit-gpu-smoke --set train.steps=300 --set eval.n_evals=10
 step bench_batches 120 $py benchmarks/bench_batches.py --device cuda --presets tiny,paper --repeats 20
-step bench_train 420 $py benchmarks/bench_train.py --preset paper --device cuda --steps 50 --run
+step bench_train 480 $py benchmarks/bench_train.py --preset paper --device cuda --steps 50 --run
