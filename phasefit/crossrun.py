@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from logstore.runs import flatten_config as flatten
 from phasefit.bootstrap import seed_interval
-from phasefit.runs import flatten
 
 QUANTITIES = ("t1", "t2", "t3", "plateau_length", "final_accuracy", "hallucination_onset")
 CI_FIELD = {"plateau_length": "plateau_ci"}
-IGNORED = ("seed", "name", "train.init_from", "train.compile", "train.checkpoint_every_s",
-           "train.n_checkpoints", "eval.batch_size")
+IGNORED = ("seed", "name", "train.init_from", "train.compile", "train.cuda_graphs", "train.checkpoint_every_s",
+           "train.n_checkpoints", "eval.batch_size", "eval.compile")  # keys that do not change what is measured
 
 
 @dataclass

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from logstore.runs import flatten_config as flatten
+
 
 STORE = "metrics.zarr"
 # Short names for the conditions shown in tables.
@@ -45,17 +47,6 @@ def run_config(ds: xr.Dataset) -> dict:
         return json.loads(raw) or {}
     except (TypeError, ValueError):
         return {}
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def conditions(config: dict) -> dict:
