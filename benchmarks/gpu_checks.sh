@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project in one go, for a machine with one CUDA GPU:
-#   benchmarks/gpu_checks.sh [OUT_DIR]        (default: gpu-results/)
+#   benchmarks/gpu_checks.sh [OUT_DIR [STEP ...]]   (default: gpu-results/, every step)
+# STEP is smoke, patched, bench_batches or bench_train: to split the checks over two calls,
+# e.g. "smoke patched bench_batches" (about 3 minutes), then "bench_train" (about 7).
 # 1. a short tiny-preset run on CUDA through the command line (the CUDA path works end to end),
 #    and its attention-patched twin (the reference's forward inside the compiled, graphed step);
 # 2. bench_batches on CUDA (batch assembly against one training step, tiny and paper presets);
@@ -10,6 +12,8 @@
 # Each step's output goes to OUT_DIR/<step>.log; a failing step does not stop the next.
 set -u
 out=${1:-gpu-results}
+shift $(( $# > 0 ? 1 : 0 ))
+only=" $* "  # the steps to run; all when none are named
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -18,13 +22,15 @@ $py -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | t
 
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2; shift 2
+    if [ "$only" != "  " ] && [[ "$only" != *" $name "* ]]; then return; fi
     local t0=$SECONDS
     timeout "$limit" "$@" > "$out/$name.log" 2>&1
     echo "$name: exit $? after $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
     tail -n 25 "$out/$name.log"
 }
 
-rm -rf /tmp/phasefit-gpu-smoke /tmp/phasefit-gpu-patched
+[[ "$only" == "  " || "$only" == *" smoke "* ]] && rm -rf /tmp/phasefit-gpu-smoke
+rm -rf /tmp/phasefit-gpu-patched
 step smoke 180 $py -m phasefit.cli train configs/tiny.toml --device cuda --out /tmp/phasefit-gpu-smoke \
     --set train.steps=300 --set eval.n_evals=10
 step patched 180 $py -m phasefit.cli train configs/tiny.toml --device cuda --out /tmp/phasefit-gpu-patched \
