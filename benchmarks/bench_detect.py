@@ -13,8 +13,8 @@ timed is what a user runs: ``phasefit.detect(logstore.open_run(path))`` with eve
 analysis (acquisition steps, exposures, decile and attribute summaries, acquired fractions),
 200 bootstrap replicates, the hallucination onset and gap, method auto; and the command
 ``phasefit detect RUNS_DIR --json`` in a fresh interpreter. Two evaluation plans at paper
-scale: "full" (every fact at every step: the most work) and "subset" (the trainer's plan:
-4096 individuals per split at every step, everyone at 24 steps). Prints a table, then one
+scale: "full" (every fact at every step: the most work) and "subset" (heavier than the
+trainer's default plan: 4096 individuals per split at every step, everyone at 24 steps). Prints a table, then one
 JSON object per measurement: {"bench", "metric", "value", "unit", "device", "config"}.
 """
 

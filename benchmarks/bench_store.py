@@ -8,8 +8,8 @@
 
 A synthetic run with every variable of the schema is written through RunWriter, then read
 back through open_run. Two evaluation plans: "full" (every fact at every step: the worst
-case for the writer and the readers) and "subset" (the trainer's default plan: 4096
-individuals per split at every step, everyone at 24 of the steps). Prints a table, then one
+case for the writer and the readers) and "subset" (heavier than the trainer's default
+plan: 4096 individuals per split at every step, everyone at 24 of the steps). Prints a table, then one
 JSON object per measurement: {"bench", "metric", "value", "unit", "device", "config"}.
 """
 

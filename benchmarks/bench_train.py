@@ -10,8 +10,8 @@ Measures, in one process:
   its wall time, and the metrics tax (seconds in evaluations / all other seconds);
 - on CUDA, the same step without CUDA graphs (``train.cuda_graphs = false``);
 - the probes' rate: biographies per second of one evaluation of everyone by the loop's
-  Evaluator, and its ratio to the training step's biographies per second (on CUDA, with a
-  profile of one evaluation's kernels, and the rate with ``eval.compile = "on"``);
+  Evaluator (bf16 on CUDA, float32 on CPU), and its ratio to the training step's biographies
+  per second (on CUDA, with a profile of one evaluation's kernels);
 - MFU against the detected GPU's bf16 peak (dense), and peak memory.
 Tokens and FLOPs count the padded batch (an eager CPU step skips the columns that are padding
 in every row, about 15% of them). Prints a table and one JSON line per measurement.
@@ -32,7 +32,7 @@ from logstore.schema import ATTRIBUTES
 from rows import print_rows  # benchmarks/rows.py
 from trainer.batches import Biographies
 from trainer.config import load_config
-from trainer.loop import Evaluator, make_optimizer, make_train_step, train
+from trainer.loop import Evaluator, make_optimizer, make_train_step, probe_dtype, train
 from trainer.model import Transformer
 from trainer.plan import build_plan
 from trainer.run import prepare_run
@@ -80,12 +80,11 @@ def step_time(step_fn, make_tokens, n: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / n
 
 
-def probe_rate(config, world, bios: Biographies, model: Transformer, device: torch.device, compile: bool,
-               profile: bool) -> float:
+def probe_rate(config, world, bios: Biographies, model: Transformer, device: torch.device, profile: bool) -> float:
     """Biographies per second of one evaluation of everyone (the plan's full step) by the loop's Evaluator."""
     plan = build_plan(config.eval, world, config.train.steps, config.seed)
     evaluate = Evaluator(world, bios, plan, config.eval.batch_size, config.eval.attention_probe, config.seed,
-                         compile=compile)
+                         dtype=probe_dtype(device))
     full = int(np.flatnonzero(plan.full)[0])
     exposures = torch.zeros(world.n, dtype=torch.long, device=device)
     model.eval()
@@ -144,10 +143,7 @@ def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides:
         return naive_batch(world, ids, cpu_rng).to(device)
 
     naive = step_time(naive_step, python_batch, max(3, n_steps // 3), device)
-    probes = probe_rate(config, world, bios, model, device, compile=False, profile=device.type == "cuda")
-    # On CUDA also with eval.compile (on CPU compiling takes longer than the evaluations it saves).
-    compiled_probes = probe_rate(config, world, bios, model, device, compile=True, profile=False) \
-        if device.type == "cuda" else None
+    probes = probe_rate(config, world, bios, model, device, profile=device.type == "cuda")
 
     tokens = b * (world.seq_len - 1)
     flops = 6 * model.n_params(embeddings=False) * tokens + 6 * model.embed.weight.numel() * tokens \
@@ -168,8 +164,6 @@ def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides:
     ]
     if without_graphs is not None:
         rows.append({**row, "metric": "ms_per_step_without_graphs", "value": 1e3 * without_graphs, "unit": "ms"})
-    if compiled_probes is not None:
-        rows.append({**row, "metric": "probe_biographies_per_s_compiled", "value": compiled_probes, "unit": "1/s"})
     if device.type == "cuda":
         peak_tflops = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
         if peak_tflops:

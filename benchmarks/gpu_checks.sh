@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the project in one go, for a machine with one CUDA GPU:
+# Every GPU measurement of the project in one go, for a machine with one CUDA GPU (about 7
+# minutes on an H200):
 #   benchmarks/gpu_checks.sh [OUT_DIR [STEP ...]]   (default: gpu-results/, every step)
-# STEP is smoke, patched, bench_batches or bench_train: to split the checks over two calls,
-# e.g. "smoke patched bench_batches" (about 3 minutes), then "bench_train" (about 7).
-# 1. a short tiny-preset run on CUDA through the command line (the CUDA path works end to end),
-#    and its attention-patched twin (the reference's forward inside the compiled, graphed step);
-# 2. bench_batches on CUDA (batch assembly against one training step, tiny and paper presets);
-# 3. bench_train at the paper preset, then the paper preset's default run (16k steps, full
-#    evaluation plan): ms/step, MFU, CUDA graphs, the naive baseline, the probes' rate, wall
-#    time and metrics tax.
+# STEP is smoke, patched, bench_batches, bench_train or paper_run (to run some of them only):
+# 1. smoke, patched: a short tiny-preset run on CUDA through the command line (the CUDA path
+#    works end to end), and its attention-patched twin (the reference's forward inside the
+#    compiled, graphed step); about 40 s each;
+# 2. bench_batches: batch assembly against one training step, tiny and paper presets;
+# 3. bench_train: the paper preset's step (ms/step, MFU, CUDA graphs, the naive baseline, peak
+#    memory) and the probes' rate with a profile of one evaluation; about 70 s;
+# 4. paper_run: the paper preset's default run (16k steps, the evaluation plan), then
+#    `phasefit detect` on it: wall time, evaluations (the metrics tax), the phases; about 4 min.
 # Each step's output goes to OUT_DIR/<step>.log; a failing step does not stop the next.
 set -u
 out=${1:-gpu-results}
@@ -30,10 +32,12 @@ step() {  # step NAME SECONDS COMMAND...
 }
 
 [[ "$only" == "  " || "$only" == *" smoke "* ]] && rm -rf /tmp/phasefit-gpu-smoke
-rm -rf /tmp/phasefit-gpu-patched
+rm -rf /tmp/phasefit-gpu-patched /tmp/phasefit-gpu-paper
 step smoke 180 $py -m phasefit.cli train configs/tiny.toml --device cuda --out /tmp/phasefit-gpu-smoke \
     --set train.steps=300 --set eval.n_evals=10
 step patched 180 $py -m phasefit.cli train configs/tiny.toml --device cuda --out /tmp/phasefit-gpu-patched \
     --set patch.reference=/tmp/phasefit-gpu-smoke --set train.steps=300 --set eval.n_evals=10
 step bench_batches 120 $py benchmarks/bench_batches.py --device cuda --presets tiny,paper --repeats 20
-step bench_train 480 $py benchmarks/bench_train.py --preset paper --device cuda --steps 50 --run
+step bench_train 180 $py benchmarks/bench_train.py --preset paper --device cuda --steps 50
+step paper_run 420 sh -c "$py -m phasefit.cli train configs/paper.toml --device cuda --out /tmp/phasefit-gpu-paper \
+    && $py -m phasefit.cli detect /tmp/phasefit-gpu-paper"

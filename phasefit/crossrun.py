@@ -26,7 +26,7 @@ from phasefit.bootstrap import seed_interval
 QUANTITIES = ("t1", "t2", "t3", "plateau_length", "final_accuracy", "hallucination_onset")
 CI_FIELD = {"plateau_length": "plateau_ci"}
 IGNORED = ("seed", "name", "train.init_from", "train.compile", "train.cuda_graphs", "train.checkpoint_every_s",
-           "train.n_checkpoints", "eval.batch_size", "eval.compile")  # keys that do not change what is measured
+           "train.n_checkpoints", "eval.batch_size")  # keys that do not change what is measured
 
 
 @dataclass

@@ -7,6 +7,7 @@ and reach the store in blocks, so the loop never waits on the host between evalu
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -73,11 +74,11 @@ def make_optimizer(model: torch.nn.Module, config: Config, fused: bool = False) 
 
 
 def compiles(setting: str, device: torch.device) -> bool:
-    """Whether ``train.compile`` or ``eval.compile`` (auto | on | off) compiles on ``device``."""
+    """Whether ``train.compile`` (auto | on | off) compiles on ``device``."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
-def compiled_or_eager(fn, key: str, **options):
+def compiled_or_eager(fn, **options):
     """``torch.compile(fn)``; if the compiler fails, one line on stderr and ``fn`` itself from then
     on (a compiler bug must not cost the run)."""
     compiled = torch.compile(fn, **options)
@@ -90,11 +91,16 @@ def compiled_or_eager(fn, key: str, **options):
                 return compiled(*args)
             except torch._dynamo.exc.BackendCompilerFailed as err:
                 print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                      f"running eagerly ({key} = \"off\" skips compilation)", file=sys.stderr)
+                      "running eagerly (train.compile = \"off\" skips compilation)", file=sys.stderr)
                 failed = True
         return fn(*args)
 
     return call
+
+
+def probe_dtype(device: torch.device) -> torch.dtype:
+    """The probes' precision: bfloat16 on CUDA (like the training step's matrix products), else float32."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config: Config, device: torch.device,
@@ -117,8 +123,7 @@ def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config
     if use_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True  # the few fp32 matmuls outside autocast
     if compiles(t.compile, device):
-        loss_of = compiled_or_eager(token_loss, "train.compile",
-                                    mode="reduce-overhead" if use_cuda and t.cuda_graphs else None)
+        loss_of = compiled_or_eager(token_loss, mode="reduce-overhead" if use_cuda and t.cuda_graphs else None)
     elif use_cuda:
         loss_of = token_loss
     else:
@@ -137,36 +142,45 @@ def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config
 
 
 class Evaluator:
-    """Probes the plan's individuals on their fixed evaluation text, in large batches."""
+    """Probes the plan's individuals on their fixed evaluation text, in large batches.
+
+    ``dtype`` bfloat16 (the loop's choice on CUDA) probes a bf16 copy of the network, norms
+    and residual stream included: autocast would keep those in float32 and cast every layer's
+    input, and in eager mode that traffic was most of the probes' GPU time (docs/trainer.md).
+    """
 
     def __init__(self, world: World, bios: Biographies, plan: EvalPlan, batch_size: int, n_attention: int, seed: int,
-                 compile: bool = False):
-        self.bios, self.plan, self.batch_size = bios, plan, batch_size
-        # Compiled probes see batches of one shape: the last batch is filled up with repeated rows.
-        self.fixed_shape = compile
-        self.metrics = compiled_or_eager(fact_metrics, "eval.compile", dynamic=False) if compile else fact_metrics
+                 dtype: torch.dtype = torch.float32):
+        self.bios, self.plan, self.batch_size, self.dtype = bios, plan, batch_size, dtype
         self.order = torch.as_tensor(plan.order, device=bios.device)
         self.templates, self.sentence_order = bios.eval_layout(self.order, seed)
         trained = torch.as_tensor(world.ids("train")[:n_attention], device=bios.device)
         self.attention_batch = bios.assemble(trained, *bios.eval_layout(trained, seed))
 
+    def probed(self, net: torch.nn.Module) -> torch.nn.Module:
+        """``net`` itself, or a copy of it (and of a patched run's reference) in ``dtype``."""
+        if self.dtype == torch.float32:
+            return net
+        copied = copy.deepcopy(net).to(self.dtype)
+        if isinstance(copied, PatchedModel):  # the reference is held outside the module tree
+            copied.reference.to(self.dtype)
+        return copied
+
     def __call__(self, model: Transformer, i: int, exposures: torch.Tensor) -> dict[str, np.ndarray]:
         n_all, n_attr = len(self.plan.order), self.templates.shape[1]
         n = len(self.plan.individuals_at(i))
         device, order = self.bios.device, self.order
+        net = self.probed(model)
         parts = []  # results stay on the device until the evaluation is done: no transfer (and wait) per batch
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            for start in range(0, n, self.batch_size):
-                rows = torch.arange(start, min(n, start + self.batch_size), device=device)
-                if self.fixed_shape:
-                    rows = torch.cat([rows, rows.new_full((self.batch_size - len(rows),), start)])
-                batch = self.bios.assemble(order[rows], self.templates[rows], self.sentence_order[rows])
-                if device.type == "cpu" and not self.fixed_shape:
-                    batch = Batch(trim_padding(batch.tokens, self.bios.pad), batch.value_pos, batch.name_pos)
-                parts.append(self.metrics(model, batch))
-            out = attention_signatures(model, self.attention_batch)
+        for start in range(0, n, self.batch_size):
+            rows = torch.arange(start, min(n, start + self.batch_size), device=device)
+            batch = self.bios.assemble(order[rows], self.templates[rows], self.sentence_order[rows])
+            if device.type == "cpu":
+                batch = Batch(trim_padding(batch.tokens, self.bios.pad), batch.value_pos, batch.name_pos)
+            parts.append(fact_metrics(net, batch))
+        out = attention_signatures(net, self.attention_batch)
         for key in (f.name for f in fields(FactMetrics)):  # individuals not evaluated at this step: missing
-            found = torch.cat([getattr(part, key) for part in parts])[:n].cpu().numpy()  # without the filler rows
+            found = torch.cat([getattr(part, key) for part in parts]).cpu().numpy()
             out[key] = np.full((n_all, n_attr), False if found.dtype == bool else np.nan, found.dtype)
             out[key][:n] = found
         out["exposures"] = exposures[order].cpu().numpy()
@@ -197,7 +211,7 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
     optimizer = make_optimizer(model, config, fused=device.type == "cuda")
     generator = torch.Generator(device).manual_seed(config.seed)
     evaluate = Evaluator(world, bios, plan, config.eval.batch_size, config.eval.attention_probe, config.seed,
-                         compile=compiles(config.eval.compile, device))
+                         dtype=probe_dtype(device))
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     keep_weights = checkpoints.checkpoint_steps(config.train.steps, config.train.n_checkpoints)
@@ -260,8 +274,8 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
         mask = ~np.isnan(known)
         last["accuracy"] = float(row["correct"][train_ids][mask].mean()) if mask.any() else float("nan")
 
-    start_time = time.perf_counter() - elapsed
-    timings["setup"] = start_time + elapsed - setup_started
+    timings["setup"] = time.perf_counter() - setup_started
+    start_time = setup_started - elapsed  # the run's wall time counts its setup (and earlier segments')
     first_step = step
     last_resume_save = time.perf_counter()
     bar = tqdm(total=config.train.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,

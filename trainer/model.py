@@ -30,7 +30,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             if weights is None:
-                scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+                scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])  # softmax in float32
                 causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
                 weights = scores.masked_fill(~causal, float("-inf")).softmax(-1)
             y = weights.to(v.dtype) @ v

@@ -45,7 +45,8 @@ def build_plan(e: EvalConfig, world: World, steps: int, seed: int) -> EvalPlan:
     """Evaluate every split's individuals; a rank-stratified subset of trained ones (evenly
     spaced ranks, so every frequency decile is covered) and seeded random subsets of the other
     splits (``heldout_subset`` held-out individuals: their population curves need fewer) at
-    every step; everyone at ``n_full`` steps spread over the run."""
+    every step; everyone at ``n_full`` evenly spaced steps (the first and the last included:
+    the knowledge phase fills most of a run, where per-fact acquisition times need them)."""
     eval_steps = spaced_steps(steps, e.n_evals, e.log_fraction)
     rng = np.random.default_rng([seed, 30])
     dense, rest = [], []
@@ -70,7 +71,7 @@ def build_plan(e: EvalConfig, world: World, steps: int, seed: int) -> EvalPlan:
     if len(order) == len(dense_ids):
         full = np.ones(len(eval_steps), bool)
     else:
-        full_steps = spaced_steps(steps, e.n_full, e.log_fraction)
+        full_steps = np.linspace(0, steps, e.n_full)
         # Snap each full evaluation to the nearest planned step.
         nearest = np.abs(eval_steps[:, None] - full_steps[None, :]).argmin(0)
         full = np.zeros(len(eval_steps), bool)
