@@ -152,19 +152,26 @@ class Evaluator:
     def __init__(self, world: World, bios: Biographies, plan: EvalPlan, batch_size: int, n_attention: int, seed: int,
                  dtype: torch.dtype = torch.float32):
         self.bios, self.plan, self.batch_size, self.dtype = bios, plan, batch_size, dtype
+        self.copy, self.copy_of = None, None  # the network in ``dtype``, and the one it copies
         self.order = torch.as_tensor(plan.order, device=bios.device)
         self.templates, self.sentence_order = bios.eval_layout(self.order, seed)
         trained = torch.as_tensor(world.ids("train")[:n_attention], device=bios.device)
         self.attention_batch = bios.assemble(trained, *bios.eval_layout(trained, seed))
 
     def probed(self, net: torch.nn.Module) -> torch.nn.Module:
-        """``net`` itself, or a copy of it (and of a patched run's reference) in ``dtype``."""
+        """``net`` itself, or its copy in ``dtype`` (a patched run's reference included), made
+        once and refreshed with ``net``'s current weights at every evaluation."""
         if self.dtype == torch.float32:
             return net
-        copied = copy.deepcopy(net).to(self.dtype)
-        if isinstance(copied, PatchedModel):  # the reference is held outside the module tree
-            copied.reference.to(self.dtype)
-        return copied
+        if self.copy_of is not net:  # the first evaluation, or patching has started
+            self.copy = copy.deepcopy(net).to(self.dtype)
+            if isinstance(self.copy, PatchedModel):  # the reference is held outside the module tree
+                self.copy.reference.to(self.dtype)
+            self.copy_of = net
+        with torch.no_grad():
+            for mine, theirs in zip(self.copy.state_dict().values(), net.state_dict().values()):
+                mine.copy_(theirs)
+        return self.copy
 
     def __call__(self, model: Transformer, i: int, exposures: torch.Tensor) -> dict[str, np.ndarray]:
         n_all, n_attr = len(self.plan.order), self.templates.shape[1]
