@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project in one go, for a machine with one CUDA GPU (about 7
-# minutes on an H200):
+# minutes by the sum of its steps' times, measured separately on an H100 and an H200):
 #   benchmarks/gpu_checks.sh [OUT_DIR [STEP ...]]   (default: gpu-results/, every step)
 # STEP is smoke, patched, bench_batches, bench_train or paper_run (to run some of them only):
 # 1. smoke, patched: a short tiny-preset run on CUDA through the command line (the CUDA path

@@ -1,12 +1,12 @@
 """GPU time of each study sweep, estimated from measured rates (whole sweeps are too long to time).
 
-    python benchmarks/sweep_gpu_time.py configs/sweeps/*.toml [--ms-per-step 8.6] [--probes-per-s 38000]
+    python benchmarks/sweep_gpu_time.py configs/sweeps/*.toml [--ms-per-step 9.2] [--probes-per-s 38000]
 
 A run costs its start (world, store, compilation), its training steps and its probes (one
 evaluation biography per evaluated individual and step, from the evaluation plan). The
 default rates come from the paper preset's default run (batch 128, 16k steps) measured whole
 on one H200 with torch 2.11: 14 s before its second step (setup 10.1 s; the first step 3.6 s,
-with torch.compile's cache warm, as for every run of a sweep but the first), 8.6 ms per step,
+with torch.compile's cache warm, as for every run of a sweep but the first), 9.2 ms per step,
 and 35.2 s probing 1.35M biographies in 193 evaluations (docs/trainer.md, "Measured on a GPU").
 """
 
@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+")
     parser.add_argument("--start-s", type=float, default=14.0, help="seconds before the second step of a run")
-    parser.add_argument("--ms-per-step", type=float, default=8.6)
+    parser.add_argument("--ms-per-step", type=float, default=9.2)
     parser.add_argument("--probes-per-s", type=float, default=38_000.0)
     args = parser.parse_args()
     print(f"{'sweep':<42} {'runs':>5} {'GPU hours':>10}")

@@ -146,7 +146,8 @@ class Evaluator:
 
     ``dtype`` bfloat16 (the loop's choice on CUDA) probes a bf16 copy of the network, norms
     and residual stream included: autocast would keep those in float32 and cast every layer's
-    input, and in eager mode that traffic was most of the probes' GPU time (docs/trainer.md).
+    input, and in eager mode that traffic took more GPU time than the matrix products
+    (docs/trainer.md).
     """
 
     def __init__(self, world: World, bios: Biographies, plan: EvalPlan, batch_size: int, n_attention: int, seed: int,
