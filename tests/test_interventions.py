@@ -103,11 +103,12 @@ def test_a_finetuning_run_starts_from_the_finished_model(tmp_path, quick_referen
     tuned, pretrained = (logstore.open_run(p / "metrics.zarr") for p in (out, quick_reference))
     assert set(np.unique(tuned.split.values)) == {"train", "heldout", "finetune"}
     # Step 0 is the pretrained model on the same evaluation text: the old facts' metrics equal
-    # the pretrained run's last evaluation exactly.
+    # the pretrained run's last evaluation (to float rounding: the probes' batches differ, as
+    # they are formed by text length among more individuals).
     old = tuned.individual.values[tuned.split.values == "train"]
     at_zero = tuned.loss.isel(step=0).to_series().unstack()
     final = pretrained.loss.isel(step=-1).to_series().unstack()
-    np.testing.assert_array_equal(at_zero.loc[old].values, final.loc[old].values)
+    np.testing.assert_allclose(at_zero.loc[old].values, final.loc[old].values, rtol=1e-5)
     # New individuals are sampled at the replay weight's share: 1 / (1 + 0.5) of the biographies.
     exposures = tuned.exposures.isel(step=-1).values
     new_share = exposures[tuned.split.values == "finetune"].sum() / exposures.sum()

@@ -134,6 +134,27 @@ def test_the_evaluator_reads_the_plan_in_batches(setup):
         assert row["attn_sharpness"].shape == (model.n_layers, model.n_heads)
 
 
+def test_the_evaluator_computes_little_padding(setup, monkeypatch):
+    """Each evaluation reads its texts shortest first, each batch cut at its longest text: the
+    positions computed are within a few percent of the texts' tokens (not n x seq_len)."""
+    import trainer.loop
+
+    world, model, bios, _ = setup
+    plan = small_plan(world)
+    full = int(np.flatnonzero(plan.full)[0])
+    widths = []
+    monkeypatch.setattr(trainer.loop, "fact_metrics", lambda net, batch: (
+        widths.append(batch.tokens.shape), fact_metrics(net, batch))[1])
+    evaluate = Evaluator(world, bios, plan, 16, n_attention=8, seed=0)
+    evaluate(model, full, torch.zeros(world.n, dtype=torch.long))
+    order = torch.as_tensor(plan.order)
+    tokens = (bios.assemble(order, *bios.eval_layout(order)).tokens != bios.pad).sum().item()
+    computed = sum(b * t for b, t in widths)
+    assert sum(b for b, _ in widths) == len(plan.order)
+    assert tokens <= computed < 1.05 * tokens
+    assert computed < 0.9 * len(plan.order) * world.seq_len
+
+
 def test_trimming_the_padding_columns_keeps_every_output(setup):
     world, model, bios, batch = setup
     trimmed = trim_padding(batch.tokens, bios.pad)
