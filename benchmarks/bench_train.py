@@ -11,7 +11,8 @@ Measures, in one process:
 - on CUDA, the same step without CUDA graphs (``train.cuda_graphs = false``);
 - the probes' rate: biographies per second of one evaluation of everyone by the loop's
   Evaluator (bf16 on CUDA, float32 on CPU), and its ratio to the training step's biographies
-  per second (on CUDA, with a profile of one evaluation's kernels);
+  per second (on CUDA, with a profile of one evaluation's kernels); at large N also the time
+  of one evaluation of the dense subset, and its part that does not scale with biographies;
 - MFU against the detected GPU's bf16 peak (dense), and peak memory.
 Tokens and FLOPs count the padded batch (an eager CPU step skips the columns that are padding
 in every row, about 15% of them). Prints a table and one JSON line per measurement.
@@ -80,19 +81,31 @@ def step_time(step_fn, make_tokens, n: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / n
 
 
-def probe_rate(config, world, bios: Biographies, model: Transformer, device: torch.device, profile: bool) -> float:
-    """Biographies per second of one evaluation of everyone (the plan's full step) by the loop's Evaluator."""
+def probe_times(config, world, bios: Biographies, model: Transformer, device: torch.device,
+                profile: bool) -> dict[str, float]:
+    """The loop's Evaluator (bf16 on CUDA, float32 on CPU) at the plan's two kinds of step:
+    biographies per second of one evaluation of everyone, and, where the plan has a dense
+    subset, the seconds of one evaluation of the subset alone (the median of five) and its
+    fixed part: those seconds less the subset's biographies at the first rate."""
     plan = build_plan(config.eval, world, config.train.steps, config.seed)
     evaluate = Evaluator(world, bios, plan, config.eval.batch_size, config.eval.attention_probe, config.seed,
                          dtype=probe_dtype(device))
-    full = int(np.flatnonzero(plan.full)[0])
     exposures = torch.zeros(world.n, dtype=torch.long, device=device)
     model.eval()
-    evaluate(model, full, exposures)  # warm-up
-    sync(device)
-    started = time.perf_counter()
-    evaluate(model, full, exposures)  # ends with the results on the host
-    seconds = time.perf_counter() - started
+
+    def seconds(i: int) -> float:  # ends with the results on the host
+        sync(device)
+        started = time.perf_counter()
+        evaluate(model, i, exposures)
+        return time.perf_counter() - started
+
+    full = int(np.flatnonzero(plan.full)[0])
+    seconds(full)  # warm-up
+    out = {"probe_biographies_per_s": len(plan.order) / seconds(full)}
+    if not plan.full.all():
+        dense = int(np.flatnonzero(~plan.full)[0])
+        out["probe_subset_evaluation_s"] = float(np.median([seconds(dense) for _ in range(5)]))
+        out["probe_evaluation_overhead_s"] = out["probe_subset_evaluation_s"] - plan.n_dense / out["probe_biographies_per_s"]
     if profile:  # where an evaluation's time goes, for the next optimisation
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         try:  # a profiler problem (no CUPTI) must not cost the measurements
@@ -102,7 +115,7 @@ def probe_rate(config, world, bios: Biographies, model: Transformer, device: tor
         except RuntimeError as err:
             print(f"no profile of the probes: {err}")
     model.train()
-    return len(plan.order) / seconds
+    return out
 
 
 def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides: list[str]) -> list[dict]:
@@ -143,7 +156,7 @@ def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides:
         return naive_batch(world, ids, cpu_rng).to(device)
 
     naive = step_time(naive_step, python_batch, max(3, n_steps // 3), device)
-    probes = probe_rate(config, world, bios, model, device, profile=device.type == "cuda")
+    probes = probe_times(config, world, bios, model, device, profile=device.type == "cuda")
 
     tokens = b * (world.seq_len - 1)
     flops = 6 * model.n_params(embeddings=False) * tokens + 6 * model.embed.weight.numel() * tokens \
@@ -158,9 +171,9 @@ def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides:
         {**row, "metric": "speedup_over_naive", "value": naive / fast, "unit": "ratio"},
         {**row, "metric": "peak_memory", "value": peak, "unit": "MiB"},
         {**row, "metric": "projected_run_min", "value": fast * config.train.steps / 60, "unit": "min (training steps only)"},
-        {**row, "metric": "probe_biographies_per_s", "value": probes, "unit": "1/s"},
-        {**row, "metric": "probe_speed_over_training", "value": probes * fast / b,
+        {**row, "metric": "probe_speed_over_training", "value": probes["probe_biographies_per_s"] * fast / b,
          "unit": "ratio of biographies/s (a forward pass alone: about 3)"},
+        *({**row, "metric": k, "value": v, "unit": "1/s" if k.endswith("per_s") else "s"} for k, v in probes.items()),
     ]
     if without_graphs is not None:
         rows.append({**row, "metric": "ms_per_step_without_graphs", "value": 1e3 * without_graphs, "unit": "ms"})
