@@ -8,6 +8,8 @@ default rates come from the paper preset's default run (batch 128, 16k steps) me
 on one H200 with torch 2.11: 14 s before its second step (setup 10.1 s; the first step 3.6 s,
 with torch.compile's cache warm, as for every run of a sweep but the first), 9.2 ms per step,
 and 35.2 s probing 1.35M biographies in 193 evaluations (docs/trainer.md, "Measured on a GPU").
+Those probes padded every biography to ``seq_len``; they now compute about 60% of those
+positions, so the probes' share of these estimates is on the high side until remeasured.
 """
 
 from __future__ import annotations
