@@ -26,8 +26,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from phasefit.errors import PhasefitError
     from trainer.config import load_config
 
+    if args.n < 1:
+        raise PhasefitError(f"-n {args.n}: must be at least 1")
     config = load_config(args.config, args.set)
     from trainer.sample import format_samples
 

@@ -47,6 +47,8 @@ class Curve:
     @classmethod
     def clean(cls, step, loss, baseline, accuracy=None, n_steps=None) -> "Curve":
         """Sort by step and drop steps whose loss is NaN or infinite."""
+        if not (np.isfinite(baseline) and baseline > 0):
+            raise PhasefitError(f"the baseline must be a no-knowledge loss above 0 nats, not {baseline}")
         step = np.asarray(step, dtype=float)
         loss = np.asarray(loss, dtype=float)
         keep = np.isfinite(loss) & np.isfinite(step)
@@ -62,7 +64,7 @@ class Curve:
         """
         if baseline is None:
             baseline = getattr(loss, "attrs", {}).get("baseline")
-        if baseline is None or not np.isfinite(baseline):
+        if baseline is None:
             raise PhasefitError("a plain curve needs its baseline (the no-knowledge loss, nats): pass baseline=")
         if hasattr(loss, "dims"):  # xarray
             if loss.ndim != 1:
@@ -100,7 +102,10 @@ class Curve:
         step = pd.to_numeric(table[columns["step"]], errors="coerce")
         loss = pd.to_numeric(table[columns["loss"]], errors="coerce")
         acc = pd.to_numeric(table[columns["accuracy"]], errors="coerce") if "accuracy" in columns else None
-        curve = cls.clean(step, loss, baseline, acc)
+        try:
+            curve = cls.clean(step, loss, baseline, acc)
+        except PhasefitError as err:
+            raise PhasefitError(f"{path}: {err}") from None
         if len(curve.step) == 0:
             raise PhasefitError(f"{path}: no rows with a numeric step and loss")
         return curve

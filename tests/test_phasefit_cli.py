@@ -85,6 +85,12 @@ def test_bad_csv_and_empty_folder(tmp_path, capsys):
     bad.write_text("when,value\n1,2\n")
     assert main(["detect", "--curve", str(bad), "--baseline", "6.8"]) == 2
     assert "no 'step' column" in capsys.readouterr().err
+    good = tmp_path / "good.csv"
+    good.write_text("step,loss\n0,8\n10,5\n20,5\n30,1\n")
+    for baseline in ("nan", "-1", "0", "inf"):  # a no-knowledge loss is finite and positive
+        assert main(["detect", "--curve", str(good), "--baseline", baseline]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and "the baseline must be a no-knowledge loss above 0 nats" in err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["detect", str(empty), "--json"]) == 0
