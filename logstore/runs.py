@@ -105,8 +105,9 @@ def list_runs(runs_dir: str | os.PathLike, conditions: str | list[str] = "varyin
     conds = pd.DataFrame([r.get("_conditions", {}) for r in rows])
     if conditions == "all":
         keys = list(conds.columns)
-    elif conditions == "varying":
-        varying = [k for k in conds.columns if conds[k].astype(str).nunique(dropna=False) > 1]
+    elif conditions == "varying":  # among the runs that could be read (an unreadable one has no config)
+        known = conds[[bool(r.get("_conditions")) for r in rows]]
+        varying = [k for k in known.columns if known[k].astype(str).nunique(dropna=False) > 1]
         keys = [k for k in conds.columns if k in MAIN_CONDITIONS or k in varying]
     else:
         keys = [k for k in conditions if k in conds.columns]
