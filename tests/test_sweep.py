@@ -86,7 +86,7 @@ label = "tuned"
     ("seeds = [1, 1]", "seeds: [1, 1] repeats a seed"),
     ("seeds = 3", "seeds: expected a non-empty list of integers"),
     ("[[include]]\n\"train.init_from\" = \"@nowhere\"", "train.init_from: no other run named nowhere"),
-    ("[[include]]\n\"sampling.alpha\" = 0.5\n[[include]]\nlabel = \"alpha0.5\"", "give them a 'label'"),
+    ("[[include]]\n\"sampling.alpha\" = 0.5\n[[include]]\nlabel = \"alpha0.5\"", "give them distinct 'label's"),
     ("workers = 3", "unknown key 'workers'"),
     ("[[include]]\nlabel = \"a\"\n\"train.init_from\" = \"@b\"\n[[include]]\nlabel = \"b\"\n\"train.init_from\" = \"@a\"",
      "in a circle (a-seed0 -> b-seed0 -> a-seed0)"),

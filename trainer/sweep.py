@@ -176,7 +176,7 @@ def load_sweep(path: str | Path, out: str | Path = "runs") -> Sweep:
     for run in runs:
         if run.name in seen:
             raise ConfigError(f"{source}: two conditions give the run name '{run.name}' ({seen[run.name]} and "
-                              f"{run.conditions}); give them a 'label'")
+                              f"{run.conditions}); give them distinct 'label's")
         seen[run.name] = run.conditions
     for run in runs:
         outside = _resolve_reference(run, runs, source)
