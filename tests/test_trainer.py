@@ -88,6 +88,30 @@ def test_cli_failure_paths(tmp_path):
     assert proc.returncode == 2 and "nothing to resume" in proc.stderr
 
 
+def test_the_command_printed_on_ctrl_c_resumes_the_run(tmp_path, monkeypatch, capsys):
+    """The run was started with --set overrides: the printed command (the run's own config.toml)
+    continues it, and the first command again names that one."""
+    from phasefit.cli import main
+
+    out = tmp_path / "run"
+    original = loop.Sampler.sample
+
+    def sample_then_interrupt(self, step, batch_size, generator):
+        if step == 23:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, step, batch_size, generator)
+
+    monkeypatch.setattr(loop.Sampler, "sample", sample_then_interrupt)
+    first = ["train", str(TINY), "--out", str(out), *[f"--set={s}" for s in QUICK]]
+    assert main(first) == 130
+    command = capsys.readouterr().err.split("continue with: phasefit ")[1].split()
+    monkeypatch.setattr(loop.Sampler, "sample", original)
+    assert main(["train", str(TINY), "--out", str(out), "--resume"]) == 2  # without the overrides
+    assert f"phasefit train {out / 'config.toml'} --out {out} --resume" in capsys.readouterr().err
+    assert main(command) == 0
+    assert logstore.open_run(out / "metrics.zarr").attrs["status"] == "complete"
+
+
 def test_cli_trains_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "run"
     proc = run_cli("train", str(TINY), "--out", str(out), *[f"--set={s}" for s in QUICK], check=True)

@@ -43,7 +43,8 @@ def prepare_run(config: Config, out: Path, resume: bool) -> None:
         if not (out / "checkpoints" / "resume.safetensors").exists():
             raise ConfigError(f"{out}: nothing to resume (no checkpoints/resume.safetensors)")
         if from_dict(read_toml(saved), str(saved)) != config:
-            raise ConfigError(f"{out}: the run was started with a different config ({saved}); resume with that one")
+            raise ConfigError(f"{out}: the run was started with a different config; resume it with its own: "
+                              f"phasefit train {saved} --out {out} --resume")
         return
     if (out / "metrics.zarr").exists():
         raise ConfigError(f"{out}: a run already exists there (use --resume to continue it, or another --out)")
@@ -69,8 +70,8 @@ def train_from_cli(config_path: str, out: str | None, overrides: list[str], devi
         raise ConfigError(f"{run_dir}: out of GPU memory at train.batch_size={b}, eval.batch_size={config.eval.batch_size};"
                           f" try --set train.batch_size={max(1, b // 2)} or a smaller eval.batch_size") from None
     except KeyboardInterrupt:
-        print(f"phasefit: {run_dir}: interrupted; continue with: phasefit train {config_path} --out {run_dir} --resume",
-              file=sys.stderr)
+        print(f"phasefit: {run_dir}: interrupted; continue with: phasefit train {run_dir / 'config.toml'} "
+              f"--out {run_dir} --resume", file=sys.stderr)
         return 130
     rate = summary.steps / summary.wall_s if summary.wall_s else float("nan")
     print(f"{run_dir}: {summary.status}, {summary.steps} steps in {summary.wall_s:.1f} s ({rate:.1f} steps/s), "
