@@ -85,7 +85,7 @@ def test_a_patched_run_is_its_references_twin_until_patching_starts(tmp_path, qu
                                                           "step (it kept steps 1, 6, 40"),
     (["patch.reference={ref}", "model.d_mlp=128"], "patch.reference = {ref}: model.d_mlp is 64 there and 128 here"),
     (["train.init_from={ref}", "world.n_cities=21"], "train.init_from = {ref}: world.n_cities is 20 there and 21 here"),
-    (["patch.reference={ref}", "patch.start=40"], "patch.start must be between 0 and train.steps (40), not 40"),
+    (["patch.reference={ref}", "patch.start=40"], "patch.start must be at least 0 and below train.steps (40), not 40"),
 ])
 def test_bad_references_give_one_line_and_write_nothing(tmp_path, quick_reference, extra, message):
     extra = [e.format(tmp=tmp_path, ref=quick_reference) for e in extra]

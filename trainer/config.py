@@ -266,7 +266,8 @@ def validate(c: Config, source: str = "config") -> None:
     _check(t.lr > 0, source, "train.lr", "must be positive")
     _check(t.lr_schedule in ("cosine", "constant"), source, "train.lr_schedule", "must be 'cosine' or 'constant'")
     _check(0 <= t.min_lr_ratio <= 1, source, "train.min_lr_ratio", "must be between 0 and 1")
-    _check(0 <= t.warmup_steps < t.steps, source, "train.warmup_steps", "must be between 0 and train.steps")
+    _check(0 <= t.warmup_steps < t.steps, source, "train.warmup_steps",
+           f"must be at least 0 and below train.steps ({t.steps}), not {t.warmup_steps}")
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, source, "train.beta1", "betas must be in [0, 1)")
     _check(t.weight_decay >= 0, source, "train.weight_decay", "must be >= 0")
     _check(t.grad_clip >= 0, source, "train.grad_clip", "must be >= 0 (0 disables clipping)")
@@ -283,7 +284,7 @@ def validate(c: Config, source: str = "config") -> None:
 
     p = c.patch
     _check(p.reference_step >= -1, source, "patch.reference_step", "must be a checkpoint step, or -1 for the final weights")
-    _check(0 <= p.start < t.steps, source, "patch.start", f"must be between 0 and train.steps ({t.steps}), not {p.start}")
+    _check(0 <= p.start < t.steps, source, "patch.start", f"must be at least 0 and below train.steps ({t.steps}), not {p.start}")
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
