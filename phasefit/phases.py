@@ -90,6 +90,21 @@ class Phases:
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
+    def __repr__(self) -> str:
+        """The measurements with their intervals, in one line (every field: ``to_dict()``)."""
+        def show(name: str, value, interval, digits: int = 0) -> str:
+            if value is None:
+                return f"{name}=None"
+            ci = "" if interval is None else f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+            return f"{name}={value:.{digits}f}{ci}"
+
+        parts = [f"run={self.run!r}", f"status={self.status!r}", show("t1", self.t1, self.t1_ci),
+                 show("t2", self.t2, self.t2_ci), show("plateau_length", self.plateau_length, self.plateau_ci),
+                 show("t3", self.t3, self.t3_ci), show("final_accuracy", self.final_accuracy, self.final_accuracy_ci, 3),
+                 show("hallucination_onset", self.hallucination_onset, self.hallucination_onset_ci),
+                 f"notes={len(self.notes)}"]
+        return f"Phases({', '.join(parts)})"
+
 
 def _jsonable(value):
     if isinstance(value, dict):

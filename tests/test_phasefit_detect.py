@@ -34,6 +34,10 @@ def test_phases_json_has_the_design_fields_and_is_strict_json(small):
     assert lo <= back["plateau_length"] <= hi
     assert set(back["estimates"]) == {"threshold", "changepoint", "fit"}
     assert "gap" not in back and "acquisition" not in back  # large series stay in Python
+    # In a notebook, the measurements show in one short line, with their intervals.
+    shown = repr(phases)
+    assert "\n" not in shown and len(shown) < 300
+    assert f"t2={phases.t2:.0f} [{phases.t2_ci[0]:.0f}, {phases.t2_ci[1]:.0f}]" in shown
 
 
 def test_population_curves_are_means_over_evaluated_facts(small):
