@@ -24,7 +24,7 @@ from phasefit.curve import Curve, estimate_noise
 from phasefit.curves import population_curves, run_length, split_curve
 from phasefit.detectors import Detector, make_detector
 from phasefit.hallucination import confidence_gap, onset, onsets
-from phasefit.runs import conditions, open_run, run_config
+from phasefit.runs import conditions, open_run, run_config, run_name
 from phasefit.summary import summarise
 
 BOUNDARIES = ("t1", "t2", "t3")
@@ -136,7 +136,8 @@ def detect(data, method: str | Detector = "auto", *, baseline: float | None = No
     ``threshold``, ``changepoint``, ``fit`` or a Detector; ``params`` go to its constructor.
     ``n_boot`` bootstrap replicates over individuals give the ``level`` intervals (0: none);
     ``per_fact`` adds acquisition steps and their summaries; ``hallucination_tol`` is the
-    band above the baseline the held-out loss must leave for good (default 2%).
+    band above the baseline the held-out loss must leave for good (default 2%). ``run``
+    names the result (default: the run's folder, else its config's ``name``).
 
     Intervention runs (``phasefit.interventions``) get their own measures: a fine-tuning run
     (``sampling.kind = "finetune"``) has no phases (its trained individuals are known from
@@ -145,7 +146,6 @@ def detect(data, method: str | Detector = "auto", *, baseline: float | None = No
     run, read and measured too, unless ``compare_reference`` is False).
     """
     if isinstance(data, (str, Path)):
-        run = run or Path(data).name
         data = open_run(data)
     if not isinstance(data, xr.Dataset):
         curve = data if isinstance(data, Curve) else Curve.from_series(data, baseline)
@@ -187,7 +187,8 @@ def _detect_run(ds, method, n_boot, level, seed, run, per_fact, tol, compare_ref
     config = run_config(ds)
     status = str(ds.attrs.get("status", "complete"))
     baseline = float(np.mean(np.asarray(ds["baseline"].values, dtype=float))) if "baseline" in ds else None
-    phases = Phases(run=run or config.get("name") or "run", status=status, method=getattr(method, "name", method),
+    source = ds.encoding.get("source")  # the store's path, for a Dataset of logstore.open_run
+    phases = Phases(run=run or (run_name(source) if source else config.get("name")) or "run", status=status, method=getattr(method, "name", method),
                     baseline=baseline, n_steps=run_length(ds), complete=status == "complete",
                     conditions=conditions(config), config=config)
     n_eval = ds.sizes.get("step", 0)

@@ -31,6 +31,12 @@ def is_run(path: Path) -> bool:
     return (path / STORE).is_dir()
 
 
+def run_name(path: str | Path) -> str:
+    """A run's name from its folder or its metrics.zarr: the folder's name."""
+    path = Path(path)
+    return path.parent.name if path.name == STORE else path.name
+
+
 def open_run(path: str | Path) -> xr.Dataset:
     """A run's store as a lazy Dataset of its committed rows (``logstore.open_run``)."""
     from logstore import open_run as logstore_open_run

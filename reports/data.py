@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,9 +87,7 @@ def run_data(source, name: str | None = None, *, n_boot: int = 200, method: str 
     if isinstance(source, (str, os.PathLike)):
         from logstore import open_run
 
-        path = Path(source)
-        name = name or (path.parent.name if path.name == "metrics.zarr" else path.name)
-        ds = open_run(path)
+        ds = open_run(source)
     else:
         ds = source
     phases = detect(ds, method, run=name, n_boot=n_boot)

@@ -70,6 +70,9 @@ def test_store_written_by_logstore_reads_back_to_the_same_phases(small, tmp_path
     assert from_store.t2 == pytest.approx(in_memory.t2)
     assert from_store.final_accuracy == pytest.approx(in_memory.final_accuracy)
     assert from_store.acquisition_by_decile == in_memory.acquisition_by_decile
+    # A run is named by its folder, however it was opened (several runs share a config name).
+    assert from_store.run == "run"
+    assert phasefit.detect(tmp_path / "run" / "metrics.zarr", n_boot=0).run == "run"
 
 
 def test_subset_evaluation_still_finds_the_phases():
