@@ -32,25 +32,31 @@ def test_a_run_writes_the_schema_and_log_spaced_checkpoints(tmp_path):
     assert (out / "checkpoints" / "final.safetensors").exists()
 
 
+def interrupt_at(step: int, monkeypatch):
+    """Ctrl-C during training step ``step``; returns a function that undoes it."""
+    original = loop.Sampler.sample
+
+    def sample_then_interrupt(self, at, batch_size, generator):
+        if at == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, at, batch_size, generator)
+
+    monkeypatch.setattr(loop.Sampler, "sample", sample_then_interrupt)
+    return lambda: monkeypatch.setattr(loop.Sampler, "sample", original)
+
+
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     config, straight = quick_run(tmp_path, "straight")
     loop.train(config, straight, torch.device("cpu"), progress=False)
 
     # The same run, interrupted by Ctrl-C at step 23, then resumed.
     _, broken = quick_run(tmp_path, "broken")
-    original = loop.Sampler.sample
-
-    def sample_then_interrupt(self, step, batch_size, generator):
-        if step == 23:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, step, batch_size, generator)
-
-    monkeypatch.setattr(loop.Sampler, "sample", sample_then_interrupt)
+    undo = interrupt_at(23, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         loop.train(config, broken, torch.device("cpu"), progress=False)
     ds = logstore.open_run(broken / "metrics.zarr")
     assert ds.attrs["status"] == "failed" and "interrupted at step 24" in ds.attrs["reason"]
-    monkeypatch.setattr(loop.Sampler, "sample", original)
+    undo()
     summary = loop.train(config, broken, torch.device("cpu"), resume=True, progress=False)
     assert summary.status == "complete"
 
@@ -94,18 +100,10 @@ def test_the_command_printed_on_ctrl_c_resumes_the_run(tmp_path, monkeypatch, ca
     from phasefit.cli import main
 
     out = tmp_path / "run"
-    original = loop.Sampler.sample
-
-    def sample_then_interrupt(self, step, batch_size, generator):
-        if step == 23:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, step, batch_size, generator)
-
-    monkeypatch.setattr(loop.Sampler, "sample", sample_then_interrupt)
-    first = ["train", str(TINY), "--out", str(out), *[f"--set={s}" for s in QUICK]]
-    assert main(first) == 130
+    undo = interrupt_at(23, monkeypatch)
+    assert main(["train", str(TINY), "--out", str(out), *[f"--set={s}" for s in QUICK]]) == 130
     command = capsys.readouterr().err.split("continue with: phasefit ")[1].split()
-    monkeypatch.setattr(loop.Sampler, "sample", original)
+    undo()
     assert main(["train", str(TINY), "--out", str(out), "--resume"]) == 2  # without the overrides
     assert f"phasefit train {out / 'config.toml'} --out {out} --resume" in capsys.readouterr().err
     assert main(command) == 0
