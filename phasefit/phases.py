@@ -188,7 +188,8 @@ def _detect_run(ds, method, n_boot, level, seed, run, per_fact, tol, compare_ref
     status = str(ds.attrs.get("status", "complete"))
     baseline = float(np.mean(np.asarray(ds["baseline"].values, dtype=float))) if "baseline" in ds else None
     source = ds.encoding.get("source")  # the store's path, for a Dataset of logstore.open_run
-    phases = Phases(run=run or (run_name(source) if source else config.get("name")) or "run", status=status, method=getattr(method, "name", method),
+    run = run or (run_name(source) if source else config.get("name")) or "run"
+    phases = Phases(run=run, status=status, method=getattr(method, "name", method),
                     baseline=baseline, n_steps=run_length(ds), complete=status == "complete",
                     conditions=conditions(config), config=config)
     n_eval = ds.sizes.get("step", 0)
