@@ -42,9 +42,9 @@ def onset(curve: Curve, tol: float = 0.02, smooth: int | str = "auto", smooth_sp
     lowest = float(smoothed.loss.min())
     notes = []
     if lowest > curve.baseline * (1 + tol):
-        notes.append(f"held-out loss never came down to the baseline (lowest {lowest:.3g} nats after smoothing "
-                     f"over {window} evaluations, baseline {curve.baseline:.3g}): the onset is measured from "
-                     f"its lowest level")
+        smoothing = f" after smoothing over {window} evaluations" if window > 1 else ""
+        notes.append(f"held-out loss never came down to the baseline (lowest {lowest:.3g} nats{smoothing}, "
+                     f"baseline {curve.baseline:.3g}): the onset is measured from its lowest level")
     if np.isfinite(value):
         return HallucinationOnset(float(value), notes, window)
     notes.append(f"no hallucination onset: held-out loss within {tol:.0%} of the baseline (or of its lowest "

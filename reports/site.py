@@ -369,7 +369,7 @@ def report_from_cli(runs_dir, out=None, png: bool = False) -> int:
         raise PhasefitError(f"{runs_dir}: no runs (no folder below it holds metrics.zarr)")
     runs, written = _build(path, out, png, 200, "auto", True)
     pages = [p for p in written if p.suffix == ".html"]
-    print(f"report: {len(runs)} runs, {len(pages)} pages; open {written[0]}")
+    print(f"report: {len(runs)} run{'' if len(runs) == 1 else 's'}, {len(pages)} pages; open {written[0]}")
     if png:
         print(f"report: {len(written) - len(pages)} PNG images in {written[0].parent / 'png'}")
     bad = [r for r in runs if r.status == "unreadable"]
