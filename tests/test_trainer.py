@@ -94,6 +94,21 @@ def test_cli_failure_paths(tmp_path):
     assert proc.returncode == 2 and "nothing to resume" in proc.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["train", "{tmp}"], "{tmp}: a folder, not a TOML file"),
+    (["train", "{tmp}/binary.toml"], "{tmp}/binary.toml: not a text file"),
+    (["train", str(TINY), "--out", "{tmp}/a_file"], "--out {tmp}/a_file: exists and is not a folder"),
+])
+def test_paths_of_the_wrong_kind_give_one_line(tmp_path, capsys, args, message):
+    from phasefit.cli import main
+
+    (tmp_path / "a_file").write_text("results\n")
+    (tmp_path / "binary.toml").write_bytes(bytes(range(256)))
+    assert main([a.format(tmp=tmp_path) for a in args]) == 2
+    assert capsys.readouterr().err == f"phasefit: error: {message.format(tmp=tmp_path)}\n"
+    assert (tmp_path / "a_file").read_text() == "results\n"  # nothing written over
+
+
 def test_the_command_printed_on_ctrl_c_resumes_the_run(tmp_path, monkeypatch, capsys):
     """The run was started with --set overrides: the printed command (the run's own config.toml)
     continues it, and the first command again names that one."""

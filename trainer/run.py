@@ -46,6 +46,8 @@ def prepare_run(config: Config, out: Path, resume: bool) -> None:
             raise ConfigError(f"{out}: the run was started with a different config; resume it with its own: "
                               f"phasefit train {saved} --out {out} --resume")
         return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
     if (out / "metrics.zarr").exists():
         raise ConfigError(f"{out}: a run already exists there (use --resume to continue it, or another --out)")
     check_references(config)
