@@ -162,8 +162,8 @@ class Evaluator:
         self.order = torch.as_tensor(plan.order, device=bios.device)
         self.templates, self.sentence_order = bios.eval_layout(self.order, seed)
         every = torch.arange(len(self.order), device=bios.device).split(batch_size)
-        self.length = np.concatenate([  # tokens of each individual's evaluation text, in store order
-            (self.text(rows).tokens != bios.pad).sum(1).cpu().numpy() for rows in every])
+        self.length = torch.cat([  # tokens of each individual's evaluation text, in store order
+            (self.text(rows).tokens != bios.pad).sum(1) for rows in every]).cpu().numpy()
         self.by_length: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # rows of the first n, shortest text first
         trained = torch.as_tensor(world.ids("train")[:n_attention], device=bios.device)
         batch = bios.assemble(trained, *bios.eval_layout(trained, seed))
