@@ -119,6 +119,15 @@ def test_cli_reports_a_bad_sweep_in_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_device_that_is_not_there_writes_no_run_folder(tmp_path):
+    """The device (and a --scheduler's cluster) is checked before any run folder is written."""
+    path = write(tmp_path, "pair.toml", top="seeds = [3, 4]")
+    proc = run_cli("sweep", str(path), "--out", str(tmp_path / "runs"), "--device", "cuda:99")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "--device cuda:99" in proc.stderr
+    assert not (tmp_path / "runs" / "pair").exists()
+
+
 @pytest.mark.slow
 def test_a_dask_cluster_gives_the_same_stores_as_the_local_pool(tmp_path, monkeypatch):
     """The same sweep file on a real dask.distributed LocalCluster (workers declaring a GPU

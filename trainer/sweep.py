@@ -308,9 +308,14 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, d
     if not todo:
         return [outcomes[r.name] for r in sweep.runs]
 
-    for run in todo:
-        prepare(run)
+    # The pool first: a bad --device or an unreachable --scheduler writes no run folder.
     pool = open_pool(sweep, workers=workers, scheduler=scheduler, device=device, echo=echo)
+    try:
+        for run in todo:
+            prepare(run)
+    except BaseException:
+        pool.close(wait=False)
+        raise
     total = sum(r.config.train.steps for r in todo)
     bar = tqdm(total=total, disable=None if progress is None else not progress, unit="step",
                desc=f"sweep {sweep.name}", dynamic_ncols=True)
