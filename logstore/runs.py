@@ -28,12 +28,14 @@ MAIN_CONDITIONS = ("world.n_individuals", "sampling.kind", "sampling.alpha", "se
 
 
 def find_runs(runs_dir: str | os.PathLike) -> dict[str, Path]:
-    """Run name -> run path, for every run under ``runs_dir`` (sorted by name)."""
+    """Run name -> run path, for every run under ``runs_dir`` (sorted by name). Symbolic links
+    to folders are followed (a folder of links to runs of several sweeps is a comparison),
+    each folder once."""
     top = Path(runs_dir)
     if not top.is_dir():
         raise NotADirectoryError(f"{top}: not a directory")
-    found = {}
-    for dirpath, dirnames, _ in os.walk(top):
+    found, seen = {}, {top.resolve()}
+    for dirpath, dirnames, _ in os.walk(top, followlinks=True):
         here = Path(dirpath)
         if STORE_NAME in dirnames or here.suffix == ".zarr":
             run = here if STORE_NAME in dirnames else here.with_suffix("")
@@ -41,7 +43,13 @@ def find_runs(runs_dir: str | os.PathLike) -> dict[str, Path]:
             dirnames.clear()  # never walk inside a run (its chunks are many small files)
         else:
             # hidden folders, checkpoints, and stores still being created are not runs
-            dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "checkpoints" and ".zarr." not in d]
+            kept = []
+            for d in sorted(dirnames):  # sorted: which of two links to one folder names it is reproducible
+                real = (here / d).resolve()
+                if not d.startswith(".") and d != "checkpoints" and ".zarr." not in d and real not in seen:
+                    kept.append(d)
+                    seen.add(real)
+            dirnames[:] = kept
     return dict(sorted(found.items()))
 
 

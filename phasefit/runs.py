@@ -92,7 +92,8 @@ def describe(cond: dict, keys: list[str]) -> str:
 def listing(runs_dir: str | Path) -> pd.DataFrame:
     """``logstore.list_runs`` for people (``phasefit ls``): its condition columns (the config
     keys that differ between the runs, and the study's main ones) in one ``conditions`` column,
-    named as in detect's table (N, sampling, alpha, ...; other keys by their config name)."""
+    named as in detect's table (N, sampling, alpha, ...; other keys by their config name), and
+    unreadable runs' ``problem`` last, where its long messages widen no other column."""
     from logstore import list_runs
 
     table = list_runs(runs_dir)
@@ -105,4 +106,5 @@ def listing(runs_dir: str | Path) -> pd.DataFrame:
         named = named_conditions(flat)
         others = sorted(k for k in flat if k not in SHORT and k != "seed")
         column.append(" ".join(filter(None, (describe(named, list(named)), describe(flat, others)))))
-    return table.drop(columns=keys).assign(conditions=column)
+    table = table.drop(columns=keys).assign(conditions=column)
+    return table[[c for c in table.columns if c != "problem"] + (["problem"] if "problem" in table else [])]

@@ -23,6 +23,7 @@ from logstore import (
     open_runs,
     population_curves,
 )
+from logstore.runs import find_runs
 
 N = 600  # individuals: 400 train, 150 heldout, 50 finetune
 DENSE = 128  # evaluated at every step (the first chunk); the others at every third step
@@ -352,6 +353,21 @@ def test_list_runs_table(tmp_path):
     assert table.loc["broken", "status"] == "unreadable" and "zarr.json" in table.loc["broken", "problem"]
     assert {"seed", "world.n_individuals", "sampling.kind"} <= set(table.columns)
     assert "train.lr" not in table.columns  # the same in every run that could be read
+
+
+def test_runs_behind_symbolic_links_are_found_once(tmp_path):
+    """A folder of links to runs of several sweeps is a comparison; a link that loops back is
+    walked once."""
+    w = make_runs(tmp_path / "sweeps")
+    w.close()
+    compare = tmp_path / "compare"
+    compare.mkdir()
+    (compare / "flat").symlink_to(tmp_path / "sweeps" / "alpha1.0")
+    (compare / "uniform").symlink_to(tmp_path / "sweeps" / "alpha0.0")
+    (compare / "again").symlink_to(tmp_path / "sweeps" / "alpha0.0")  # the same run twice: listed once, by the first name
+    (compare / "loop").symlink_to(compare)
+    assert sorted(find_runs(compare)) == ["again", "flat"]
+    assert list_runs(compare).set_index("run").loc["flat", "last_step"] == 40
 
 
 # ------------------------------------------------------------------ population curves

@@ -127,3 +127,16 @@ def test_ls_lists_runs_with_state_and_conditions(runs_dir):
     assert "N=600" in rows["n600-s0"] and "seed=1" in rows["n300-s1"]
     assert rows["n300-s0"].split()[3] == str(int(open_run(runs_dir / "n300-s0").step.values[-1]))
     assert run_cli("ls", str(runs_dir / "nowhere")).returncode == 2
+
+
+def test_ls_shows_an_unreadable_runs_problem_in_the_last_column(runs_dir, tmp_path):
+    (tmp_path / "good").symlink_to(runs_dir / "n300-s0")
+    (tmp_path / "bad" / "metrics.zarr").mkdir(parents=True)
+    (tmp_path / "bad" / "config.toml").write_text("not toml [")
+    proc = run_cli("ls", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    header, *lines = proc.stdout.splitlines()
+    assert header.split() == ["run", "status", "steps", "last_step", "conditions", "problem"]
+    rows = {line.split()[0]: line for line in lines}
+    assert rows["bad"].split()[1] == "unreadable" and rows["bad"].rstrip().endswith("(no zarr.json)")
+    assert "N=300" in rows["good"] and rows["good"].split()[-1] == "-"
