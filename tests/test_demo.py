@@ -1,12 +1,13 @@
 """phasefit demo: the whole pipeline on the CPU, and the study's two findings on its own output."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 import logstore
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from trainer.config import load_config
 
 
@@ -54,3 +55,12 @@ def test_the_demo_measures_a_plateau_that_grows_with_n_and_shrinks_under_a_power
     assert "shorter under the power law" in proc.stdout and ": NO:" not in proc.stdout
     index = out / "report" / "index.html"
     assert index.exists() and str(index) in proc.stdout
+
+    # The README's notebook example, as printed there, on this demo's runs.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    example = re.search(r"## Exploring results in a notebook.*?```python\n(.*?)```", (ROOT / "README.md").read_text(),
+                        re.S).group(1)
+    assert '"demo/runs/demo' in example
+    exec(compile(example.replace('"demo/runs/demo', f'"{out}/runs/demo'), "README.md", "exec"), {})
