@@ -193,6 +193,22 @@ length = [{ label = "a" }, { label = "b", "train.steps" = 1000 }, { label = "c" 
 
 
 @pytest.mark.slow
+def test_a_run_whose_store_cannot_be_read_is_reported_and_kept(tmp_path):
+    """A damaged store may hold a finished run: running the sweep again reports it and
+    deletes nothing (it used to be taken for a run killed early, and trained again)."""
+    path = write(tmp_path, "one.toml")
+    outcomes = run_sweep(load_sweep(path, tmp_path / "runs"), device="cpu", progress=False, echo=lambda _: None)
+    assert [o.status for o in outcomes] == ["complete"]
+    run = tmp_path / "runs" / "one" / "seed0"
+    meta = run / "metrics.zarr" / "zarr.json"
+    meta.write_text(meta.read_text()[:60])  # torn metadata
+    files = sorted(run.rglob("*"))
+    again = run_sweep(load_sweep(path, tmp_path / "runs"), device="cpu", progress=False, echo=lambda _: None)
+    assert again[0].status == "failed" and f"{run / 'metrics.zarr'}: unreadable" in again[0].message
+    assert "move the run away" in again[0].message
+    assert sorted(run.rglob("*")) == files and len(meta.read_text()) == 60
+
+
 def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path):
     """One run diverges: it is reported, the runs that do not need it complete, the run that
     fine-tunes from it is not started; the fine-tuning run of the good one starts from its weights."""

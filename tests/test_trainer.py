@@ -125,7 +125,7 @@ def test_the_command_printed_on_ctrl_c_resumes_the_run(tmp_path, monkeypatch, ca
     assert logstore.open_run(out / "metrics.zarr").attrs["status"] == "complete"
 
 
-def test_cli_trains_and_refuses_to_overwrite(tmp_path):
+def test_cli_trains_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
     proc = run_cli("train", str(TINY), "--out", str(out), *[f"--set={s}" for s in QUICK], check=True)
     assert "complete" in proc.stdout and "40 steps" in proc.stdout
@@ -133,6 +133,22 @@ def test_cli_trains_and_refuses_to_overwrite(tmp_path):
     assert load_config(out / "config.toml") == load_config(TINY, QUICK)
     proc = run_cli("train", str(TINY), "--out", str(out), *[f"--set={s}" for s in QUICK])
     assert proc.returncode == 2 and "already exists" in proc.stderr
+
+    # Nor does it write into a folder of runs, into a store, or over a complete run's rows.
+    from phasefit.cli import main
+
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    (out / "checkpoints" / "resume.safetensors").write_bytes(b"")  # as a run saving often leaves it
+    for args, message in [
+        (["--out", str(tmp_path)], f"--out {tmp_path}: a folder of 1 runs (run, ...); give the new run a folder"),
+        (["--out", str(out / "metrics.zarr" / "x")], f"--out {out / 'metrics.zarr' / 'x'}: inside the metrics store"),
+        (["--out", str(out), "--resume"], f"{out}: the run is already complete; nothing to resume"),
+    ]:
+        assert main(["train", str(out / "config.toml"), *args]) == 2
+        assert capsys.readouterr().err.startswith(f"phasefit: error: {message}")
+    (out / "checkpoints" / "resume.safetensors").unlink()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert logstore.open_run(out).attrs["status"] == "complete"
 
 
 def test_a_compiler_failure_falls_back_to_eager_steps(tmp_path, monkeypatch, capsys):

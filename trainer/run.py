@@ -40,6 +40,11 @@ def prepare_run(config: Config, out: Path, resume: bool) -> None:
     """Create ``out`` with its config.toml, or check that a run to resume has the same config."""
     saved = out / "config.toml"
     if resume:
+        from trainer.sweep_run import store_state
+
+        state, why = store_state(out)
+        if state in ("complete", "busy", "conflict"):
+            raise ConfigError(why or f"{out}: the run is already complete; nothing to resume")
         if not (out / "checkpoints" / "resume.safetensors").exists():
             raise ConfigError(f"{out}: nothing to resume (no checkpoints/resume.safetensors)")
         if from_dict(read_toml(saved), str(saved)) != config:
@@ -50,6 +55,16 @@ def prepare_run(config: Config, out: Path, resume: bool) -> None:
         raise ConfigError(f"--out {out}: exists and is not a folder")
     if (out / "metrics.zarr").exists():
         raise ConfigError(f"{out}: a run already exists there (use --resume to continue it, or another --out)")
+    store = next((p for p in [out, *out.resolve().parents] if p.suffix == ".zarr" or (p / "zarr.json").exists()), None)
+    if store is not None:
+        raise ConfigError(f"--out {out}: inside the metrics store {store}; give the run a folder of its own")
+    if out.is_dir():
+        from logstore.runs import find_runs
+
+        held = list(find_runs(out))
+        if held:
+            raise ConfigError(f"--out {out}: a folder of {len(held)} runs ({held[0]}, ...); give the new run a "
+                              f"folder of its own, e.g. --out {out / (config.name or 'run')}")
     check_references(config)
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(to_toml(config))

@@ -28,14 +28,15 @@ from pathlib import Path
 LOG = "sweep.log"  # beside config.toml: the output of every attempt at the run
 
 
-def _store_attrs(path: Path) -> dict | None:
+def _store_attrs(path: Path) -> dict | str:
+    """The run's store attributes, or why they cannot be read."""
     from logstore.checks import check_store
     from logstore.errors import StoreError
 
     try:
         return check_store(path / "metrics.zarr")[1]
-    except StoreError:
-        return None
+    except StoreError as err:
+        return str(err)
 
 
 def _locked(path: Path) -> bool:
@@ -56,15 +57,18 @@ def _locked(path: Path) -> bool:
 
 
 def store_state(path: Path) -> tuple[str, str]:
-    """("new" | "partial" | "complete" | "busy", why) for a run folder."""
+    """("new" | "partial" | "complete" | "busy" | "conflict", why) for a run folder. A store
+    that cannot be read is a conflict: it may be a finished run, damaged, and is never deleted."""
     if not (path / "metrics.zarr").exists():
         return "new", ""
     if _locked(path):
         return "busy", f"{path}: another process is training this run now"
     attrs = _store_attrs(path)
-    if attrs is not None and attrs.get("status") == "complete":
+    if isinstance(attrs, str):
+        return "conflict", f"{attrs}; move the run away (or delete it) to train it again"
+    if attrs.get("status") == "complete":
         return "complete", ""
-    if (path / "checkpoints" / "resume.safetensors").exists() and attrs is not None:
+    if (path / "checkpoints" / "resume.safetensors").exists():
         return "partial", "resume"
     return "partial", "restart"
 
@@ -85,6 +89,9 @@ def train_run(path: Path, device: str) -> int:
     if state == "busy":
         print(f"phasefit: {how}")
         return 3
+    if state == "conflict":
+        print(f"phasefit: error: {how}")
+        return 2
     try:
         config = from_dict(read_toml(path / "config.toml"), str(path / "config.toml"))
         check_references(config)
@@ -142,7 +149,8 @@ def execute_run(path: str, device: str, env: dict | None = None, should_stop=Non
                 proc.send_signal(signal.SIGINT)
                 stopped = True
     wall = time.perf_counter() - start
-    attrs = _store_attrs(run) or {}
+    attrs = _store_attrs(run)
+    attrs = attrs if isinstance(attrs, dict) else {}
     if code == 0 and attrs.get("status") == "complete":
         return {"status": "complete", "message": "", "wall_s": wall, "where": where}
     if stopped or code in (130, -signal.SIGINT):
