@@ -31,6 +31,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise PhasefitError(f"-n {args.n}: must be at least 1")
+    if not 0 <= args.seed < 2**63:
+        raise PhasefitError(f"--seed {args.seed}: must be between 0 and 2**63 - 1")
     config = load_config(args.config, args.set)
     from trainer.sample import format_samples
 

@@ -31,6 +31,14 @@ def test_overrides_set_any_key_with_toml_values():
     ("sampling.warmup_individuals=5000", "sampling.warmup_individuals must be between 0 and world.n_individuals"),
     ("model.n_heads=3", "model.n_heads must divide model.d_model"),
     ("sampling.kind=zipf", "sampling.kind must be one of"),
+    # Values that config.toml could not hold, or that escape the runs folder or the memory:
+    ("sampling.celebrity_weight=inf", "sampling.celebrity_weight must be a finite number, not inf"),
+    ("train.checkpoint_every_s=nan", "train.checkpoint_every_s must be a finite number, not nan"),
+    ("sampling.warmup_epochs=inf", "sampling.warmup_epochs must be a finite number"),
+    ("train.checkpoint_every_s=-1", "train.checkpoint_every_s must be positive"),
+    ("seed=-1", "seed must be between 0 and 2**63 - 1, not -1"),
+    ("name='../escape'", "name must be a plain name (it names the run's folder), not '../escape'"),
+    ("world.year_max=99999999999", "world.year_max must be within 10000 years of world.year_min"),
 ])
 def test_bad_configs_fail_with_one_line_naming_the_key(override, fragment, capsys):
     with pytest.raises(ConfigError) as err:

@@ -90,13 +90,24 @@ label = "tuned"
     ("workers = 3", "unknown key 'workers'"),
     ("[[include]]\nlabel = \"a\"\n\"train.init_from\" = \"@b\"\n[[include]]\nlabel = \"b\"\n\"train.init_from\" = \"@a\"",
      "in a circle (a-seed0 -> b-seed0 -> a-seed0)"),
+    ("seeds = [-1]", "[seed-1]: seed must be between 0 and 2**63 - 1, not -1"),
+    ("runs_per_gpu = true", "runs_per_gpu: expected an integer >= 1, got True"),
+    ("name = \"..\"", "name must be a plain name (it names the run's folder), not '..'"),
+    ("grid = 5", "grid: expected a table of axes, got 5"),
 ])
 def test_bad_sweep_files_name_the_file_run_and_key(tmp_path, extra, message):
-    top = extra.startswith(("seeds", "workers"))
+    top = extra.startswith(("seeds", "workers", "runs_per_gpu", "name", "grid ="))
     path = write(tmp_path, "bad.toml", top=extra if top else "", tables="" if top else extra)
     with pytest.raises(ConfigError) as err:
         load_sweep(path, tmp_path / "runs")
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_a_base_that_is_not_a_path_is_named(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("base = 5\n")
+    with pytest.raises(ConfigError, match="base: expected the path of a config, got 5"):
+        load_sweep(path, tmp_path / "runs")
 
 
 def test_a_run_outside_the_sweep_is_checked_when_the_sweep_is_read(tmp_path):

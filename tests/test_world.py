@@ -168,6 +168,8 @@ def test_eval_text_is_the_same_every_time(world):
 def test_sample_command_prints_biographies_with_marked_values(tiny_path):
     bad = run_cli("sample", str(tiny_path), "-n", "0")
     assert bad.returncode == 2 and bad.stderr.strip() == "phasefit: error: -n 0: must be at least 1"
+    bad = run_cli("sample", str(tiny_path), "--seed", str(2**64))
+    assert bad.returncode == 2 and bad.stderr.strip() == f"phasefit: error: --seed {2**64}: must be between 0 and 2**63 - 1"
     proc = run_cli("sample", str(tiny_path), "-n", "3", check=True)
     blocks = proc.stdout.strip().split("\n\n")
     assert len(blocks) == 4  # header and three biographies

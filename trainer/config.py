@@ -223,6 +223,14 @@ def _check(ok: bool, source: str, key: str, reason: str) -> None:
 def validate(c: Config, source: str = "config") -> None:
     """Reject impossible values with one line naming the key and the reason."""
     w, s, m, t, e = c.world, c.sampling, c.model, c.train, c.eval
+    for section in SECTIONS:  # inf and nan pass most bounds below, and config.toml cannot hold them
+        for f in dataclasses.fields(getattr(c, section)):
+            value = getattr(getattr(c, section), f.name)
+            _check(not isinstance(value, float) or math.isfinite(value), source, f"{section}.{f.name}",
+                   f"must be a finite number, not {value}")
+    _check(0 <= c.seed < 2**63, source, "seed", f"must be between 0 and 2**63 - 1, not {c.seed}")
+    _check(c.name not in (".", "..") and not any(ch in c.name for ch in "/\\"), source, "name",
+           f"must be a plain name (it names the run's folder), not {c.name!r}")
     for key in ("n_individuals", "n_first_names", "n_middle_names", "n_last_names", "n_cities",
                 "n_universities", "n_majors", "n_companies", "n_templates", "n_eval_templates"):
         _check(getattr(w, key) >= 1, source, f"world.{key}", "must be at least 1")
@@ -231,6 +239,8 @@ def validate(c: Config, source: str = "config") -> None:
     _check(w.n_templates <= TEMPLATES_WRITTEN, source, "world.n_templates",
            f"must be at most {TEMPLATES_WRITTEN} (templates written per attribute)")
     _check(w.year_max >= w.year_min, source, "world.year_max", "must not be before world.year_min")
+    _check(w.year_max - w.year_min < 10_000, source, "world.year_max",
+           f"must be within 10000 years of world.year_min (every year is a word of the vocabulary), not {w.year_max}")
     _check(w.n_eval_templates < w.n_templates, source, "world.n_eval_templates",
            f"must be smaller than world.n_templates ({w.n_templates}) to leave training templates")
     n_names = w.n_first_names * w.n_middle_names * w.n_last_names
@@ -273,6 +283,7 @@ def validate(c: Config, source: str = "config") -> None:
     _check(t.grad_clip >= 0, source, "train.grad_clip", "must be >= 0 (0 disables clipping)")
     _check(t.compile in ("auto", "on", "off"), source, "train.compile", "must be auto, on or off")
     _check(t.n_checkpoints >= 0, source, "train.n_checkpoints", "must be >= 0")
+    _check(t.checkpoint_every_s > 0, source, "train.checkpoint_every_s", "must be positive (seconds)")
 
     _check(e.n_evals >= 2, source, "eval.n_evals", "must be at least 2")
     _check(0 <= e.log_fraction <= 1, source, "eval.log_fraction", "must be between 0 and 1")

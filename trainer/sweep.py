@@ -147,6 +147,10 @@ def load_sweep(path: str | Path, out: str | Path = "runs") -> Sweep:
             raise ConfigError(f"{source}: unknown key '{key}' (a sweep file has {', '.join(SWEEP_KEYS)})")
     if "base" not in doc:
         raise ConfigError(f"{source}: base: missing (the config every run starts from, e.g. base = \"../tiny.toml\")")
+    if not isinstance(doc["base"], str):
+        raise ConfigError(f"{source}: base: expected the path of a config, got {doc['base']!r}")
+    if not isinstance(doc.get("grid", {}), dict):
+        raise ConfigError(f"{source}: grid: expected a table of axes, got {doc['grid']!r}")
     base_path = (source.parent / doc["base"]).resolve()
     base = read_toml(base_path)
     name = format_value(doc.get("name", source.stem))
@@ -156,7 +160,7 @@ def load_sweep(path: str | Path, out: str | Path = "runs") -> Sweep:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{source}: seeds: {seeds} repeats a seed")
     runs_per_gpu = doc.get("runs_per_gpu", 1)
-    if not isinstance(runs_per_gpu, int) or runs_per_gpu < 1:
+    if not isinstance(runs_per_gpu, int) or isinstance(runs_per_gpu, bool) or runs_per_gpu < 1:
         raise ConfigError(f"{source}: runs_per_gpu: expected an integer >= 1, got {runs_per_gpu!r}")
     common = _overrides(doc.get("set", {}), f"{source}: set")
     common.pop("label", None)
