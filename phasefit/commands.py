@@ -51,7 +51,7 @@ def _failed(name: str, method: str, note: str) -> dict:
 def _runs(paths: list[str]) -> list[tuple[str, Path, Path | None]]:
     """(name, run path, folder of runs or None) for every run the arguments name."""
     from logstore.runs import find_runs
-    from phasefit.runs import is_run
+    from phasefit.runs import STORE, is_run
 
     found = []
     for raw in paths:
@@ -60,12 +60,19 @@ def _runs(paths: list[str]) -> list[tuple[str, Path, Path | None]]:
             raise PhasefitError(f"{path}: no such run or folder")
         if not path.is_dir():
             raise PhasefitError(f"{path}: not a folder (a run folder holds metrics.zarr)")
+        if path.name == STORE:  # a run's store: the run is its folder (phases.json goes beside the store)
+            path = path.parent
         if is_run(path) or path.suffix == ".zarr":
             found.append((path.name, path, None))
             continue
         for name, run in find_runs(path).items():
             found.append((name, run.with_suffix("") if run.suffix == ".zarr" else run, path))
-    return found
+    unique = {}  # a run named twice (a folder and one of its runs, the same folder twice) counts once
+    for name, path, folder in found:
+        unique.setdefault(path.resolve(), (name, path, folder))
+    if len(unique) < len(found):
+        print(f"phasefit: note: {len(found) - len(unique)} runs named more than once are analysed once", file=sys.stderr)
+    return list(unique.values())
 
 
 def _analyse_all(runs, method: str, n_boot: int, scheduler: str | None, workers: int = 1) -> list[dict]:
@@ -112,6 +119,7 @@ def _write(path: Path, text: str, warn: list[str]) -> None:
         warn.append(f"could not write {path}: {err.strerror or err}")
 
 
+MIN_BOOT = 20  # fewer replicates cannot place a 95% interval's ends
 METHODS = ("auto", "threshold", "changepoint", "fit")  # phasefit.detectors.DETECTORS, without importing it
 
 
@@ -121,8 +129,9 @@ def detect_from_cli(args) -> int:
     if method not in METHODS:
         raise PhasefitError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
     n_boot = getattr(args, "n_boot", 200)
-    if n_boot < 0:
-        raise PhasefitError(f"--n-boot {n_boot}: must be >= 0")
+    if n_boot < 0 or 0 < n_boot < MIN_BOOT:
+        raise PhasefitError(f"--n-boot {n_boot}: use 0 (no intervals) or at least {MIN_BOOT} replicates "
+                            "for a 95% interval")
     workers = getattr(args, "workers", 1)
     if workers < 1:
         raise PhasefitError(f"--workers {workers}: must be at least 1")

@@ -359,6 +359,8 @@ def report_from_cli(runs_dir, out=None, png: bool = False) -> int:
     from phasefit.errors import PhasefitError
 
     path = Path(runs_dir)
+    if path.name == "metrics.zarr":  # a run's store: report its run (the site goes beside the store)
+        path = path.parent
     if not path.exists():
         raise PhasefitError(f"{runs_dir}: no such folder")
     if not path.is_dir():

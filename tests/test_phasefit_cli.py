@@ -129,6 +129,36 @@ def test_ls_lists_runs_with_state_and_conditions(runs_dir):
     assert run_cli("ls", str(runs_dir / "nowhere")).returncode == 2
 
 
+def test_detect_names_a_store_by_its_run_and_each_run_once(runs_dir, tmp_path):
+    for name in ("n300-s0", "n600-s0"):
+        shutil.copytree(runs_dir / name, tmp_path / "runs" / name)
+    store = tmp_path / "runs" / "n300-s0" / "metrics.zarr"
+    proc = run_cli("detect", str(store), "--json", "--n-boot", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["run"] for r in json.loads(proc.stdout)] == ["n300-s0"]
+    assert (store.parent / "phases.json").exists() and not (store / "phases.json").exists()
+
+    # The same folder twice, and one of its runs again: two runs, not five "seeds".
+    proc = run_cli("detect", str(tmp_path / "runs"), str(tmp_path / "runs"), str(store.parent), "--json",
+                   "--n-boot", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["run"] for r in json.loads(proc.stdout)) == ["n300-s0", "n600-s0"]
+    assert "3 runs named more than once are analysed once" in proc.stderr
+    assert len(pd.read_csv(tmp_path / "runs" / "phases.csv")) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["detect", "{runs}", "--n-boot", "2"], "--n-boot 2: use 0 (no intervals) or at least 20 replicates"),
+    (["detect", ""], "argument runs_dir: an empty path"),
+    (["report", "{runs}", "-o", ""], "argument -o: an empty path"),
+    (["ls", ""], "argument runs_dir: an empty path"),
+])
+def test_empty_paths_and_too_few_replicates_are_refused(runs_dir, tmp_path, args, message):
+    proc = run_cli(*[a.format(runs=runs_dir) for a in args], cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing written in the current folder
+
+
 def test_ls_shows_an_unreadable_runs_problem_in_the_last_column(runs_dir, tmp_path):
     (tmp_path / "good").symlink_to(runs_dir / "n300-s0")
     (tmp_path / "bad" / "metrics.zarr").mkdir(parents=True)
