@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from logstore.errors import StoreError
-from logstore.schema import SCHEMA_VERSION, STORE_NAME, VARIABLES
+from logstore.schema import SCHEMA_VERSION, STATUSES, STORE_NAME, VARIABLES
 
 
 def store_path(path: str | os.PathLike) -> Path:
@@ -46,7 +46,30 @@ def _group_document(path: str | os.PathLike) -> tuple[Path, dict]:
     for key in ("committed_steps", "status"):
         if key not in attrs:
             raise StoreError(f"{root}: attribute '{key}' is missing")
+    for key in ("committed_steps", "committed_train_steps"):
+        if key in attrs and not _count(attrs[key]):
+            raise StoreError(f"{root}: attribute '{key}' is {attrs[key]!r}, not a count of rows")
+    if attrs["status"] not in STATUSES:
+        raise StoreError(f"{root}: attribute 'status' is {attrs['status']!r}, not one of {', '.join(STATUSES)}")
     return root, doc
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shape_problem(meta: dict) -> str | None:
+    """Why an array's shape or chunk shape is not usable, or None."""
+    shape = meta.get("shape")
+    try:
+        chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    except (KeyError, TypeError):
+        return "no chunk shape"
+    if not isinstance(shape, list) or not all(_count(n) for n in shape):
+        return f"shape {shape!r}"
+    if not isinstance(chunks, list) or len(chunks) != len(shape) or not all(_count(n) and n > 0 for n in chunks):
+        return f"chunk shape {chunks!r}"
+    return None
 
 
 def load_metadata(path: str | os.PathLike) -> tuple[Path, dict, dict[str, dict]]:
@@ -78,5 +101,8 @@ def load_metadata(path: str | os.PathLike) -> tuple[Path, dict, dict[str, dict]]
                 f"{root}: array '{name}' has dimensions {meta.get('dimension_names')} and dtype {meta.get('data_type')}, "
                 f"expected {list(var.dims)} and {dtype}"
             )
+        problem = _shape_problem(meta)
+        if problem:
+            raise StoreError(f"{root}: array '{name}' has an unusable {problem}")
         metas[name] = meta
     return root, attrs, metas

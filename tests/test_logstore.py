@@ -295,6 +295,31 @@ def test_an_unknown_schema_version_is_refused(tmp_path):
         RunWriter.resume(path)
 
 
+@pytest.mark.parametrize("edit, reason", [
+    (lambda a, m: a.update(committed_steps=None), "attribute 'committed_steps' is None, not a count of rows"),
+    (lambda a, m: a.update(committed_steps=-5), "attribute 'committed_steps' is -5, not a count of rows"),
+    (lambda a, m: a.update(committed_train_steps="abc"), "attribute 'committed_train_steps' is 'abc'"),
+    (lambda a, m: a.update(status="exploded"), "attribute 'status' is 'exploded', not one of running, complete, failed"),
+    (lambda a, m: m["step"].update(shape="abc"), "array 'step' has an unusable shape 'abc'"),
+    (lambda a, m: m["loss"]["chunk_grid"]["configuration"].update(chunk_shape=[0, 128, 6]),
+     "array 'loss' has an unusable chunk shape [0, 128, 6]"),
+])
+def test_store_metadata_of_the_wrong_kind_is_named(tmp_path, edit, reason):
+    """Hand-edited or damaged metadata is a StoreError naming what is wrong, so ``list_runs``
+    (and ``phasefit ls``, ``detect``) list the run as unreadable and go on with the others."""
+    path = write_run(tmp_path / "bad" / "metrics.zarr", [10, 20])
+    write_run(tmp_path / "good" / "metrics.zarr", [10, 20])
+    doc = json.loads((path / "zarr.json").read_text())
+    edit(doc["attributes"], doc["consolidated_metadata"]["metadata"])
+    (path / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreError) as err:
+        open_run(path)
+    assert str(err.value).startswith(f"{path}: {reason}")
+    table = list_runs(tmp_path).set_index("run")
+    assert table.loc["bad", "status"] == "unreadable" and reason in table.loc["bad", "problem"]
+    assert table.loc["good", "status"] == "complete"
+
+
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
 def test_a_damaged_chunk_is_an_error_naming_run_and_array(tmp_path, damage):
     path = write_run(tmp_path / "metrics.zarr", range(10, 81, 10))
