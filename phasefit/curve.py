@@ -16,6 +16,8 @@ import numpy as np
 
 from phasefit.errors import PhasefitError
 
+MAX_BASELINE = 1e4  # nats: the log of a vocabulary of e^10000 words, far beyond any model
+
 
 @dataclass(frozen=True)
 class Curve:
@@ -46,15 +48,28 @@ class Curve:
 
     @classmethod
     def clean(cls, step, loss, baseline, accuracy=None, n_steps=None) -> "Curve":
-        """Sort by step and drop steps whose loss is NaN or infinite."""
-        if not (np.isfinite(baseline) and baseline > 0):
-            raise PhasefitError(f"the baseline must be a no-knowledge loss above 0 nats, not {baseline}")
+        """Sort by step and drop steps whose loss is NaN or infinite. Values no training run
+        can give (negative steps or losses, a step twice, an accuracy outside [0, 1], a
+        baseline of 10^4 nats or more) are a PhasefitError."""
+        if not (np.isfinite(baseline) and 0 < baseline < MAX_BASELINE):
+            raise PhasefitError(f"the baseline must be a no-knowledge loss above 0 and below {MAX_BASELINE:.0f} nats, "
+                                f"not {baseline}")
         step = np.asarray(step, dtype=float)
         loss = np.asarray(loss, dtype=float)
         keep = np.isfinite(loss) & np.isfinite(step)
         order = np.argsort(step[keep], kind="stable")
+        step, loss = step[keep][order], loss[keep][order]
         acc = None if accuracy is None else np.asarray(accuracy, dtype=float)[keep][order]
-        return cls(step[keep][order], loss[keep][order], float(baseline), acc, n_steps)
+        checks = [(step < 0, "a negative step"), (np.r_[False, np.diff(step) == 0], "a step given twice"),
+                  (loss < 0, "a negative loss (a cross-entropy is >= 0)")]
+        if acc is not None:
+            checks.append(((acc < 0) | (acc > 1), "an accuracy outside [0, 1]"))  # NaN compares False: missing
+        for bad, what in checks:
+            if bad.any():
+                i = int(np.argmax(bad))
+                value = f"accuracy {acc[i]:g}" if "accuracy" in what else f"loss {loss[i]:g}"
+                raise PhasefitError(f"{what} at step {step[i]:g} ({value})")
+        return cls(step, loss, float(baseline), acc, n_steps)
 
     @classmethod
     def from_series(cls, loss, baseline: float | None = None, accuracy=None, n_steps=None) -> "Curve":
@@ -89,6 +104,8 @@ class Curve:
         path = Path(path)
         if baseline is None:
             raise PhasefitError(f"{path}: --curve needs --baseline (the no-knowledge loss in nats)")
+        if path.is_dir():
+            raise PhasefitError(f"{path}: a folder, not a CSV file")
         try:
             table = pd.read_csv(path)
         except FileNotFoundError:
@@ -99,9 +116,17 @@ class Curve:
         missing = [c for c in ("step", "loss") if c not in columns]
         if missing:
             raise PhasefitError(f"{path}: no '{missing[0]}' column (columns: {', '.join(map(str, table.columns))})")
-        step = pd.to_numeric(table[columns["step"]], errors="coerce")
-        loss = pd.to_numeric(table[columns["loss"]], errors="coerce")
-        acc = pd.to_numeric(table[columns["accuracy"]], errors="coerce") if "accuracy" in columns else None
+        def numbers(name: str):
+            raw = table[columns[name]]
+            values = pd.to_numeric(raw, errors="coerce")
+            text = values.isna() & raw.notna()  # NaN and empty cells are missing values; words are errors
+            if text.any():
+                row = int(np.argmax(text.to_numpy()))
+                raise PhasefitError(f"{path}: '{name}' is not a number in row {row + 2}: {raw.iloc[row]!r}")
+            return values
+
+        step, loss = numbers("step"), numbers("loss")
+        acc = numbers("accuracy") if "accuracy" in columns else None
         try:
             curve = cls.clean(step, loss, baseline, acc)
         except PhasefitError as err:

@@ -87,10 +87,25 @@ def test_bad_csv_and_empty_folder(tmp_path, capsys):
     assert "no 'step' column" in capsys.readouterr().err
     good = tmp_path / "good.csv"
     good.write_text("step,loss\n0,8\n10,5\n20,5\n30,1\n")
-    for baseline in ("nan", "-1", "0", "inf"):  # a no-knowledge loss is finite and positive
+    for baseline in ("nan", "-1", "0", "inf", "1e200"):  # a no-knowledge loss is finite and positive
         assert main(["detect", "--curve", str(good), "--baseline", baseline]) == 2
         err = capsys.readouterr().err
-        assert err.strip().count("\n") == 0 and "the baseline must be a no-knowledge loss above 0 nats" in err
+        assert err.strip().count("\n") == 0 and "the baseline must be a no-knowledge loss above 0 and below" in err
+    # Values no training run gives are named, with the row or step; so is a folder for a file.
+    for rows, message in [("0,8\n10,5\n10,5\n20,1", "a step given twice at step 10"),
+                          ("0,8\n0,8\n0,8", "a step given twice at step 0"),
+                          ("-10,8\n0,5\n10,1", "a negative step at step -10"),
+                          ("0,8\n10,-1", "a negative loss (a cross-entropy is >= 0) at step 10"),
+                          ("0,8\n10,five", "'loss' is not a number in row 3: 'five'")]:
+        bad.write_text("step,loss\n" + rows + "\n")
+        assert main(["detect", "--curve", str(bad), "--baseline", "6.8"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"phasefit: error: {bad}: {message}") and err.count("\n") == 1, err
+    bad.write_text("step,loss,accuracy\n0,8,0\n10,5,5.0\n")
+    assert main(["detect", "--curve", str(bad), "--baseline", "6.8"]) == 2
+    assert "an accuracy outside [0, 1] at step 10 (accuracy 5)" in capsys.readouterr().err
+    assert main(["detect", "--curve", str(tmp_path), "--baseline", "6.8"]) == 2
+    assert f"{tmp_path}: a folder, not a CSV file" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["detect", str(empty), "--json"]) == 0
