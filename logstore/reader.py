@@ -24,6 +24,7 @@ from logstore.schema import (
     ATTRIBUTES,
     COORDINATES,
     DATA_VARIABLES,
+    SPLITS,
     STEP_VARIABLES,
     TRAIN_VARIABLES,
 )
@@ -138,6 +139,19 @@ def open_many(paths: list[str | os.PathLike]) -> list[xr.Dataset | StoreError]:
     return out
 
 
+def _check_coordinates(root: Path, coords: dict[str, np.ndarray]) -> None:
+    """A coordinate chunk that is lost reads as fill values (-1, ""), which no writer commits:
+    steps increase, ids are unique and non-negative, every individual has a split."""
+    for name in ("step", "train_step"):
+        if len(coords[name]) and (coords[name][0] < 0 or (np.diff(coords[name]) <= 0).any()):
+            raise StoreError(f"{root}: array '{name}' is not increasing (a missing or damaged chunk?)")
+    ids = coords["individual"]
+    if (ids < 0).any() or len(np.unique(ids)) != len(ids):
+        raise StoreError(f"{root}: array 'individual' holds negative or repeated ids (a missing or damaged chunk?)")
+    if not np.isin(coords["split"], SPLITS).all():
+        raise StoreError(f"{root}: array 'split' holds values other than {', '.join(SPLITS)} (a missing or damaged chunk?)")
+
+
 def _dataset(root: Path, attrs: dict, metas: dict, rows: dict[str, int]) -> xr.Dataset:
     readers = {name: ArrayReader(root, name, metas[name]) for name in metas}
     coords = {}
@@ -148,6 +162,7 @@ def _dataset(root: Path, attrs: dict, metas: dict, rows: dict[str, int]) -> xr.D
         coords[name] = (var.dims, values, metas[name].get("attributes", {}))
     if tuple(coords["attribute"][1]) != ATTRIBUTES:
         raise StoreError(f"{root}: array 'attribute' holds {list(coords['attribute'][1])}, expected {list(ATTRIBUTES)}")
+    _check_coordinates(root, {name: values for name, (_, values, _) in coords.items()})
 
     data = {}
     for name, var in DATA_VARIABLES.items():

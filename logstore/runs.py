@@ -129,6 +129,8 @@ def _summary(path: Path) -> dict:
     root, attrs, metas = load_metadata(path)
     n_steps, _ = committed_rows(metas, attrs)
     last = ArrayReader(root, "step", metas["step"]).read((n_steps - 1,)) if n_steps else None
+    if last is not None and last < 0:  # the fill value: the chunk is gone
+        raise StoreError(f"{root}: array 'step' is not increasing (a missing or damaged chunk?)")
     return {
         "status": attrs["status"],
         "steps": n_steps,

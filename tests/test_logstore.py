@@ -320,6 +320,20 @@ def test_store_metadata_of_the_wrong_kind_is_named(tmp_path, edit, reason):
     assert table.loc["good", "status"] == "complete"
 
 
+@pytest.mark.parametrize("name", ["step", "individual", "split", "train_step"])
+def test_a_lost_coordinate_chunk_is_an_error_not_fill_values(tmp_path, name):
+    """Coordinates are never sparse: a lost chunk (read as -1 or "") is named, where it would
+    otherwise pass for a step -1, an individual -1 or a fact of no split."""
+    path = write_run(tmp_path / "run" / "metrics.zarr", [10, 20])
+    for chunk in (path / name).rglob("c*"):
+        if chunk.is_file():
+            chunk.unlink()
+    with pytest.raises(StoreError, match=f"{path}: array '{name}' .*a missing or damaged chunk"):
+        open_run(path)
+    if name == "step":
+        assert "a missing or damaged chunk" in list_runs(tmp_path).set_index("run").loc["run", "problem"]
+
+
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
 def test_a_damaged_chunk_is_an_error_naming_run_and_array(tmp_path, damage):
     path = write_run(tmp_path / "metrics.zarr", range(10, 81, 10))
