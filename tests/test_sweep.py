@@ -130,13 +130,18 @@ def test_cli_reports_a_bad_sweep_in_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_device_that_is_not_there_writes_no_run_folder(tmp_path):
+def test_a_device_or_out_that_cannot_be_used_writes_no_run_folder(tmp_path):
     """The device (and a --scheduler's cluster) is checked before any run folder is written."""
     path = write(tmp_path, "pair.toml", top="seeds = [3, 4]")
     proc = run_cli("sweep", str(path), "--out", str(tmp_path / "runs"), "--device", "cuda:99")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "--device cuda:99" in proc.stderr
     assert not (tmp_path / "runs" / "pair").exists()
+    (tmp_path / "a_file").write_text("results\n")
+    proc = run_cli("sweep", str(path), "--out", str(tmp_path / "a_file"), "--device", "cpu")
+    a_file = tmp_path / "a_file"
+    assert proc.returncode == 2 and proc.stderr == f"phasefit: error: --out {a_file}: {a_file} is a file, not a folder\n"
+    assert (tmp_path / "a_file").read_text() == "results\n"
 
 
 @pytest.mark.slow

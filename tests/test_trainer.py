@@ -125,6 +125,23 @@ def test_the_command_printed_on_ctrl_c_resumes_the_run(tmp_path, monkeypatch, ca
     assert logstore.open_run(out / "metrics.zarr").attrs["status"] == "complete"
 
 
+def test_a_damaged_resume_state_is_one_line_and_leaves_the_store(tmp_path, monkeypatch, capsys):
+    from phasefit.cli import main
+
+    out = tmp_path / "run"
+    undo = interrupt_at(23, monkeypatch)
+    assert main(["train", str(TINY), "--out", str(out), *[f"--set={s}" for s in QUICK]]) == 130
+    undo()
+    resume = out / "checkpoints" / "resume.safetensors"
+    resume.write_bytes(resume.read_bytes()[:40])  # truncated, as by a full disk
+    steps = logstore.open_run(out).step.values.tolist()
+    capsys.readouterr()
+    assert main(["train", str(out / "config.toml"), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"phasefit: error: {resume}: cannot read the resume state (") and err.count("\n") == 1
+    assert logstore.open_run(out).step.values.tolist() == steps
+
+
 def test_cli_trains_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
     proc = run_cli("train", str(TINY), "--out", str(out), *[f"--set={s}" for s in QUICK], check=True)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer.config import ConfigError
+
 RESUME = "resume.safetensors"
 FINAL = "final.safetensors"
 
@@ -62,9 +64,14 @@ def load_resume(directory: Path, model: torch.nn.Module, optimizer: torch.optim.
 
     path = directory / RESUME
     device = str(exposures.device)
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata()
-    tensors = load_file(str(path), device=device)
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()
+        tensors = load_file(str(path), device=device)
+        step, elapsed = int(metadata["step"]), float(json.loads(metadata["elapsed"]))
+    except Exception as err:  # safetensors' own error, OSError, a missing key: the file is damaged
+        raise ConfigError(f"{path}: cannot read the resume state ({type(err).__name__}: {err}); the store is "
+                          "untouched: start the run again in another --out") from None
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, p in enumerate(params):
@@ -75,4 +82,4 @@ def load_resume(directory: Path, model: torch.nn.Module, optimizer: torch.optim.
             optimizer.state[p] = state
     generator.set_state(tensors["generator"].cpu())
     exposures.copy_(tensors["exposures"])
-    return int(metadata["step"]), float(json.loads(metadata["elapsed"]))
+    return step, elapsed

@@ -399,6 +399,9 @@ def sweep_from_cli(sweep_path: str, out: str | None = "runs", workers: int = 1, 
     130 when interrupted (run the same command again to continue)."""
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
+    blocking = next((p for p in [Path(out or "runs"), *Path(out or "runs").parents] if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
     sweep = load_sweep(sweep_path, out or "runs")
     outcomes = run_sweep(sweep, workers=workers, scheduler=scheduler, device=device)
     print(summarise(sweep, outcomes))
