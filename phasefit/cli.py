@@ -80,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_from_cli(out=args.out, workers=args.workers)
 
 
-def path(text: str) -> str:
+def path_arg(text: str) -> str:
     """A path argument: an empty one would silently mean the current folder."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path")
@@ -92,51 +92,51 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one run from a TOML config")
-    p.add_argument("config", type=path, help="TOML config (e.g. configs/tiny.toml)")
-    p.add_argument("--out", type=path, help="run directory (default runs/<config name>)")
+    p.add_argument("config", type=path_arg, help="TOML config (e.g. configs/tiny.toml)")
+    p.add_argument("--out", type=path_arg, help="run directory (default runs/<config name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=500")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="print biographies exactly as the model sees them")
-    p.add_argument("config", type=path)
+    p.add_argument("config", type=path_arg)
     p.add_argument("-n", type=int, default=5, help="number of biographies (default 5)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("sweep", help="run a grid of runs locally or on a Dask cluster")
-    p.add_argument("sweep", type=path, help="sweep TOML (e.g. configs/sweeps/plateau_vs_n.toml)")
-    p.add_argument("--out", type=path, default="runs", help="runs folder (default runs/)")
+    p.add_argument("sweep", type=path_arg, help="sweep TOML (e.g. configs/sweeps/plateau_vs_n.toml)")
+    p.add_argument("--out", type=path_arg, default="runs", help="runs folder (default runs/)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler")
     p.add_argument("--device", default="auto", help="device for every run (default auto)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("ls", help="list runs, their conditions and state")
-    p.add_argument("runs_dir", type=path)
+    p.add_argument("runs_dir", type=path_arg)
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("detect", help="measure phases per run, plus cross-run statistics")
-    p.add_argument("runs_dir", type=path, nargs="*", help="run directories or folders of runs")
+    p.add_argument("runs_dir", type=path_arg, nargs="*", help="run directories or folders of runs")
     p.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
     p.add_argument("--method", default="auto", help="detector: auto (default), threshold, changepoint or fit")
     p.add_argument("--scheduler", help="address of a Dask scheduler to fan out the per-run work")
-    p.add_argument("--curve", type=path, help="CSV with step and loss columns (optionally accuracy) from any trainer")
+    p.add_argument("--curve", type=path_arg, help="CSV with step and loss columns (optionally accuracy) from any trainer")
     p.add_argument("--baseline", type=float, help="no-knowledge loss in nats, for --curve")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates over individuals (default 200; 0: no intervals, else at least 20)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes for many runs (default 1)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("report", help="write the static report site")
-    p.add_argument("runs_dir", type=path)
-    p.add_argument("-o", type=path, help="output folder (default RUNS_DIR/report)")
+    p.add_argument("runs_dir", type=path_arg)
+    p.add_argument("-o", type=path_arg, help="output folder (default RUNS_DIR/report)")
     p.add_argument("--png", action="store_true", help="also write PNG images of every chart")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the main job: a small CPU sweep, detect, report")
-    p.add_argument("--out", type=path, default="demo", help="output folder (default demo/)")
+    p.add_argument("--out", type=path_arg, default="demo", help="output folder (default demo/)")
     p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
     p.set_defaults(func=cmd_demo)
     return parser

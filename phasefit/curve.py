@@ -116,6 +116,7 @@ class Curve:
         missing = [c for c in ("step", "loss") if c not in columns]
         if missing:
             raise PhasefitError(f"{path}: no '{missing[0]}' column (columns: {', '.join(map(str, table.columns))})")
+
         def numbers(name: str):
             raw = table[columns[name]]
             values = pd.to_numeric(raw, errors="coerce")
