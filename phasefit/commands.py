@@ -51,7 +51,7 @@ def _failed(name: str, method: str, note: str) -> dict:
 def _runs(paths: list[str]) -> list[tuple[str, Path, Path | None]]:
     """(name, run path, folder of runs or None) for every run the arguments name."""
     from logstore.runs import find_runs
-    from phasefit.runs import STORE, is_run
+    from phasefit.runs import is_run, run_folder
 
     found = []
     for raw in paths:
@@ -60,8 +60,7 @@ def _runs(paths: list[str]) -> list[tuple[str, Path, Path | None]]:
             raise PhasefitError(f"{path}: no such run or folder")
         if not path.is_dir():
             raise PhasefitError(f"{path}: not a folder (a run folder holds metrics.zarr)")
-        if path.name == STORE:  # a run's store: the run is its folder (phases.json goes beside the store)
-            path = path.parent
+        path = run_folder(path)  # a run's store names its run (phases.json goes beside the store)
         if is_run(path) or path.suffix == ".zarr":
             found.append((path.name, path, None))
             continue

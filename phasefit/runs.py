@@ -31,10 +31,15 @@ def is_run(path: Path) -> bool:
     return (path / STORE).is_dir()
 
 
+def run_folder(path: str | Path) -> Path:
+    """A run's folder, given the folder or its metrics.zarr."""
+    path = Path(path)
+    return path.parent if path.name == STORE else path
+
+
 def run_name(path: str | Path) -> str:
     """A run's name from its folder or its metrics.zarr: the folder's name."""
-    path = Path(path)
-    return path.parent.name if path.name == STORE else path.name
+    return run_folder(path).name
 
 
 def open_run(path: str | Path) -> xr.Dataset:

@@ -357,10 +357,9 @@ def report_from_cli(runs_dir, out=None, png: bool = False) -> int:
     be read (the index lists them with the reason). Bad arguments raise PhasefitError."""
     from logstore.runs import find_runs
     from phasefit.errors import PhasefitError
+    from phasefit.runs import run_folder
 
-    path = Path(runs_dir)
-    if path.name == "metrics.zarr":  # a run's store: report its run (the site goes beside the store)
-        path = path.parent
+    path = run_folder(runs_dir)  # a run's store: report its run (the site goes beside the store)
     if not path.exists():
         raise PhasefitError(f"{runs_dir}: no such folder")
     if not path.is_dir():
