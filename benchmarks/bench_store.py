@@ -3,8 +3,8 @@
     python benchmarks/bench_store.py             # the paper's scale: 64k trained + 16k held-out
                                                  # individuals, 6 attributes, 200 evaluations
     python benchmarks/bench_store.py --small     # the same measurements, small and quick
-    python benchmarks/bench_store.py --layouts   # the chunk-layout sweep behind logstore/layout.py
-    python benchmarks/bench_store.py --codecs    # the codec sweep behind logstore/layout.py
+    python benchmarks/bench_store.py --layouts   # the chunk-layout sweep behind logstore/schema.py
+    python benchmarks/bench_store.py --codecs    # the codec sweep behind logstore/schema.py
 
 A synthetic run with every variable of the schema is written through RunWriter, then read
 back through open_run. Two evaluation plans: "full" (every fact at every step: the worst
@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from logstore import ATTRIBUTES, RunWriter, list_runs, open_run, open_runs, population_curves  # noqa: E402
-from logstore.layout import CHUNK_INDIVIDUALS, CHUNK_STEPS  # noqa: E402
+from logstore.schema import CHUNK_INDIVIDUALS, CHUNK_STEPS  # noqa: E402
 
 
 @dataclass

@@ -8,8 +8,7 @@ dask. See docs/logstore.md for the schema, the commit protocol and the chunking 
 
 import importlib
 
-from logstore.errors import StoreError
-from logstore.schema import ATTRIBUTES, SCHEMA_VERSION, SPLITS, STATUSES
+from logstore.schema import ATTRIBUTES, SCHEMA_VERSION, SPLITS, STATUSES, STORE_NAME, StoreError, json_attribute
 
 _LAZY = {
     "RunWriter": "logstore.writer",
@@ -17,9 +16,14 @@ _LAZY = {
     "open_runs": "logstore.runs",
     "list_runs": "logstore.runs",
     "population_curves": "logstore.population",
+    "find_runs": "logstore.runs",
+    "store_path": "logstore.checks",
+    "check_store": "logstore.checks",
+    "committed_train_steps": "logstore.checks",
+    "writer_busy": "logstore.durable",
 }
 
-__all__ = ["ATTRIBUTES", "SCHEMA_VERSION", "SPLITS", "STATUSES", "StoreError", *_LAZY]
+__all__ = ["ATTRIBUTES", "SCHEMA_VERSION", "SPLITS", "STATUSES", "STORE_NAME", "StoreError", "json_attribute", *_LAZY]
 
 
 def __getattr__(name: str):

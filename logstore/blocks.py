@@ -1,6 +1,6 @@
 """The block of evaluation rows being filled: the per-fact arrays and exposures, in memory.
 
-The per-fact arrays are chunked S steps at a time (layout.py). Rather than let zarr read,
+The per-fact arrays are chunked S steps at a time (logstore.schema). Rather than let zarr read,
 merge and re-encode a chunk for every new row, the writer keeps the current block of S rows
 in memory and overwrites its chunks whole: no reads, and each chunk file is replaced
 atomically, so a chunk on disk always holds complete committed rows (and maybe complete

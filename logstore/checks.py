@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from logstore.errors import StoreError
+from logstore.schema import StoreError
 from logstore.schema import SCHEMA_VERSION, STATUSES, STORE_NAME, VARIABLES
 
 
@@ -106,3 +106,12 @@ def load_metadata(path: str | os.PathLike) -> tuple[Path, dict, dict[str, dict]]
             raise StoreError(f"{root}: array '{name}' has an unusable {problem}")
         metas[name] = meta
     return root, attrs, metas
+
+
+def committed_train_steps(path: str | os.PathLike) -> int:
+    """Training steps a run's store has committed so far (0 when it has none or is unreadable):
+    a cheap progress count for a run being written."""
+    try:
+        return int(check_store(path)[1].get("committed_train_steps", 0))
+    except StoreError:
+        return 0

@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from logstore.errors import StoreError
+from logstore.schema import StoreError
 
 
 def _decoder(meta: dict, dtype: np.dtype, chunk_shape: tuple[int, ...]):

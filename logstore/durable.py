@@ -18,7 +18,7 @@ from pathlib import Path
 from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
-from logstore.errors import StoreError
+from logstore.schema import StoreError
 
 PARTIAL_SUFFIX = ".partial"  # temporary files (ours and zarr's) end with this
 LOCK_SUFFIX = ".lock"  # metrics.zarr.lock, beside the store: zarr warns about strange files inside
@@ -139,3 +139,16 @@ class WriterLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
+
+
+def writer_busy(store: str | os.PathLike) -> bool:
+    """True when another process holds the writer lock of ``store`` (it is writing the run now)."""
+    lock = WriterLock(Path(store))
+    if not lock.path.exists():
+        return False
+    try:
+        lock.acquire()
+    except StoreError:
+        return True
+    lock.release()
+    return False

@@ -18,8 +18,8 @@ import xarray as xr
 
 from logstore.checks import load_metadata
 from logstore.chunks import ArrayReader
-from logstore.errors import StoreError
-from logstore.layout import DASK_CHUNK_STEPS
+from logstore.schema import StoreError
+from logstore.schema import DASK_CHUNK_STEPS
 from logstore.schema import (
     ATTRIBUTES,
     COORDINATES,

@@ -19,7 +19,7 @@ import xarray as xr
 
 from logstore.checks import load_metadata
 from logstore.chunks import ArrayReader
-from logstore.errors import StoreError
+from logstore.schema import StoreError
 from logstore.reader import committed_rows, open_many
 from logstore.schema import STORE_NAME
 

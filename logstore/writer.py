@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import json
 import os
 import queue
+import shutil
 import threading
 import warnings
 import weakref
@@ -24,18 +26,23 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from logstore import layout, lifecycle
 from logstore.blocks import StepBlock
 from logstore.checks import check_store
-from logstore.durable import DurableStore, WriterLock
-from logstore.errors import StoreError
+from logstore.durable import DurableStore, WriterLock, fsync_dir, remove_partial_files
 from logstore.schema import (
     ATTENTION_VARIABLES,
     ATTRIBUTES,
+    CHUNK_INDIVIDUALS,
+    CHUNK_STEPS,
+    SCHEMA_VERSION,
+    SPLITS,
     STATUSES,
     STEP_VARIABLES,
     TRAIN_VARIABLES,
+    TRAIN_CHUNK,
     VARIABLES,
+    StoreError,
+    create_arrays,
 )
 
 _STOP = object()
@@ -109,8 +116,9 @@ class RunWriter:
         n_heads: int,
         config: dict | str,
         package_version: str,
-        chunk_steps: int = layout.CHUNK_STEPS,
-        chunk_individuals: int = layout.CHUNK_INDIVIDUALS,
+        chunk_steps: int = CHUNK_STEPS,
+        chunk_individuals: int = CHUNK_INDIVIDUALS,
+        attributes: dict | None = None,
         fsync: bool = True,
         queue_size: int = 16,
     ) -> RunWriter:
@@ -120,11 +128,14 @@ class RunWriter:
         train) fix the store's order of individuals: put the densely evaluated ones first,
         so chunks of individuals not evaluated at a step are not written. ``baseline`` is
         the no-knowledge loss per attribute, in nats, in ATTRIBUTES order; ``config`` the
-        resolved configuration (stored as JSON). ``fsync=False`` gives up durability
+        resolved configuration (stored as JSON); ``attributes`` more group attributes (the
+        trainer's stages, conditions and condition_label; values that are not strings are
+        stored as JSON). ``fsync=False`` gives up durability
         against power loss (not against a killed process) for speed.
         """
-        root = lifecycle.create_store(
-            path, individual, split, rank, baseline, n_layers, n_heads, config, package_version, chunk_steps, chunk_individuals, fsync
+        root = create_store(
+            path, individual, split, rank, baseline, n_layers, n_heads, config, package_version, chunk_steps, chunk_individuals, fsync,
+            attributes or {},
         )
         lock = WriterLock(root)
         lock.acquire()
@@ -142,7 +153,7 @@ class RunWriter:
         lock = WriterLock(root)
         lock.acquire()
         try:
-            committed, committed_train = lifecycle.reopen_store(root, attrs, after_step, fsync)
+            committed, committed_train = reopen_store(root, attrs, after_step, fsync)
         except BaseException:
             lock.release()
             raise
@@ -314,7 +325,7 @@ class RunWriter:
             writes += [(self._arrays[name], rows, np.stack([it.attention[name] for it in evals])) for name in ATTENTION_VARIABLES]
         if trains:
             first, committed_train = committed_train, committed_train + sum(len(it.train_step) for it in trains)
-            self._grow(TRAIN_VARIABLES, committed_train, layout.TRAIN_CHUNK)
+            self._grow(TRAIN_VARIABLES, committed_train, TRAIN_CHUNK)
             rows = slice(first, committed_train)
             writes.append((self._arrays["train_step"], rows, np.concatenate([it.train_step for it in trains])))
             writes += [(self._arrays[name], rows, np.concatenate([it.values[name] for it in trains])) for name in ("train_loss", "lr")]
@@ -339,9 +350,9 @@ class RunWriter:
     def _finish(self, status: str, reason: str) -> None:
         """Trim the arrays to the committed rows, record the status, consolidate metadata."""
         for name in STEP_VARIABLES:
-            lifecycle.resize_rows(self._arrays[name], self._committed)
+            resize_rows(self._arrays[name], self._committed)
         for name in TRAIN_VARIABLES:
-            lifecycle.resize_rows(self._arrays[name], self._committed_train)
+            resize_rows(self._arrays[name], self._committed_train)
         self._set_status(status, reason)
         with warnings.catch_warnings():
             # zarr warns that consolidated metadata is not yet in the v3 spec; xarray and
@@ -404,3 +415,104 @@ def _flush_at_exit(ref: weakref.ref) -> None:
             writer.flush()
         except Exception:
             pass  # the run stays 'running'; resume continues after what was committed
+
+
+# ------------------------------------------------ creating and reopening a store
+# Creating a store in one piece, and reopening one for writing after a crash or a checkpoint.
+# 
+# Both leave the store in a state every reader and a later writer can trust: a store exists
+# complete or not at all, and a resumed store has its commit lowered first (readers stop
+# showing dropped rows at once) and its arrays trimmed after (no stale chunk survives to be
+# mistaken for a new row).
+
+
+def create_store(
+    path: str | os.PathLike,
+    individual: np.ndarray,
+    split: np.ndarray,
+    rank: np.ndarray,
+    baseline: np.ndarray,
+    n_layers: int,
+    n_heads: int,
+    config: dict | str,
+    package_version: str,
+    chunk_steps: int,
+    chunk_individuals: int,
+    fsync: bool,
+    extra: dict,
+) -> Path:
+    """Build a new store at ``path`` (see RunWriter.create); returns its path."""
+    root = Path(path)
+    if root.exists():
+        raise StoreError(f"{root}: already exists (use RunWriter.resume to continue a run)")
+    individual = np.asarray(individual, dtype=np.int64)
+    split = np.asarray(split).astype(str)
+    rank = np.asarray(rank, dtype=np.int64)
+    baseline = np.asarray(baseline, dtype=np.float64)
+    n = len(individual)
+    if individual.ndim != 1 or split.shape != (n,) or rank.shape != (n,):
+        raise ValueError(f"individual, split and rank must all have shape ({n},)")
+    if baseline.shape != (len(ATTRIBUTES),):
+        raise ValueError(f"baseline must have one value per attribute {ATTRIBUTES}")
+    unknown = set(np.unique(split)) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; expected one of {SPLITS}")
+    # Built under a temporary name and renamed at the end: the store exists complete or not at all.
+    tmp = root.with_name(f"{root.name}.creating-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    store = DurableStore(tmp, fsync=fsync)
+    attributes = {
+        "schema_version": SCHEMA_VERSION,
+        "config": config if isinstance(config, str) else json.dumps(config, sort_keys=True, default=str),
+        "status": "running",
+        "committed_steps": 0,
+        "committed_train_steps": 0,
+        "package_version": str(package_version),
+        **{k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in extra.items()},
+    }
+    group = zarr.open_group(store, mode="w-", zarr_format=3, attributes=attributes)
+    arrays = create_arrays(group, n, int(n_layers), int(n_heads), chunk_steps, chunk_individuals)
+    arrays["individual"][:] = individual
+    arrays["split"][:] = split
+    arrays["rank"][:] = rank
+    arrays["attribute"][:] = np.array(ATTRIBUTES)
+    arrays["baseline"][:] = baseline
+    store.sync()
+    tmp.rename(root)
+    if fsync:
+        fsync_dir(root.parent)
+    return root
+
+
+def reopen_store(root: Path, attrs: dict, after_step: int | None, fsync: bool) -> tuple[int, int]:
+    """Prepare a store for a resumed writer (see RunWriter.resume; hold its lock).
+
+    Returns the committed (evaluation, training) rows the writer continues after.
+    """
+    remove_partial_files(root)
+    store = DurableStore(root, fsync=fsync)
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    missing = [name for name in VARIABLES if name not in group]
+    if missing:
+        raise StoreError(f"{root}: array '{missing[0]}' is missing")
+    committed = int(attrs["committed_steps"])
+    committed_train = int(attrs.get("committed_train_steps", group["train_step"].shape[0]))
+    if after_step is not None:
+        committed = int(np.searchsorted(group["step"][:committed], after_step, side="right"))
+        committed_train = int(np.searchsorted(group["train_step"][:committed_train], after_step, side="right"))
+    new_attrs = {k: v for k, v in attrs.items() if k != "reason"}
+    new_attrs.update(status="running", committed_steps=committed, committed_train_steps=committed_train)
+    group.attrs.put(new_attrs)  # also drops the consolidated metadata, stale from now on
+    store.sync()
+    for name in STEP_VARIABLES:  # zarr deletes the chunks past the new end
+        resize_rows(group[name], committed)
+    for name in TRAIN_VARIABLES:
+        resize_rows(group[name], committed_train)
+    store.sync()
+    return committed, committed_train
+
+
+def resize_rows(array: zarr.Array, rows: int) -> None:
+    """Make ``array`` ``rows`` long along its first dimension (deleting chunks past it)."""
+    if array.shape[0] != rows:
+        array.resize((rows, *array.shape[1:]))

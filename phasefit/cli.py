@@ -12,7 +12,7 @@ import sys
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input, reported as one line rather than a traceback."""
-    from logstore.errors import StoreError
+    from logstore import StoreError
     from phasefit.errors import PhasefitError
     from trainer.config import ConfigError
 

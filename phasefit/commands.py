@@ -23,7 +23,7 @@ def analyse_run(path: str, name: str, method: str = "auto", n_boot: int = 200, s
 
     A top-level function so that Dask workers (``--scheduler``) and process pools can run it.
     """
-    from logstore.errors import StoreError
+    from logstore import StoreError
     from phasefit.phases import detect
     from phasefit.runs import open_run
 

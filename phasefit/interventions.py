@@ -206,7 +206,7 @@ def compare_with_reference(phases, ds: xr.Dataset, n_boot: int = 200, level: flo
     """(the ``patching_effect`` dict, the reference run's ``Phases`` or None), from the
     ``Phases`` of a patched run and its Dataset; reads the reference run and measures it with
     the same ``method`` and detector ``params`` (``detect`` calls this)."""
-    from logstore.errors import StoreError
+    from logstore import StoreError
     from phasefit.phases import detect
 
     patch = phases.config.get("patch") or {}

@@ -160,7 +160,7 @@ def load_runs(runs_dir, *, n_boot: int = 200, method: str = "auto", progress: bo
     A run that cannot be read or analysed is kept, as status "unreadable" with the problem,
     so that the index lists it.
     """
-    from logstore.errors import StoreError
+    from logstore import StoreError
     from logstore.runs import find_runs
 
     runs_dir = Path(runs_dir)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import logstore
-from conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 from trainer.config import load_config
 
 

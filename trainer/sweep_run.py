@@ -31,7 +31,7 @@ LOG = "sweep.log"  # beside config.toml: the output of every attempt at the run
 def _store_attrs(path: Path) -> dict | str:
     """The run's store attributes, or why they cannot be read."""
     from logstore.checks import check_store
-    from logstore.errors import StoreError
+    from logstore import StoreError
 
     try:
         return check_store(path / "metrics.zarr")[1]

@@ -11,7 +11,7 @@ from phasefit import interventions
 from phasefit.commands import analyse_run, format_table
 from phasefit.detectors import ThresholdDetector
 from phasefit.simulate import expected_curve, simulate, to_store
-from tests.intervention_runs import FINETUNE_TRUTH, finetune_run, patched_pair, sequential_run, sequential_truth
+from tests.helpers.intervention_runs import FINETUNE_TRUTH, finetune_run, patched_pair, sequential_run, sequential_truth
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from phasefit.errors import PhasefitError
 from phasefit.simulate import simulate, to_store
 from reports.data import run_data
 from reports.site import write_run_page
-from tests.intervention_runs import finetune_run, patched_pair, sequential_run
+from tests.helpers.intervention_runs import finetune_run, patched_pair, sequential_run
 
 
 @pytest.fixture(scope="module")

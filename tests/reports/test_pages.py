@@ -17,7 +17,7 @@ from phasefit.cli import main as cli
 from phasefit.simulate import simulate
 from reports.browser import check_pages, find_chromium
 from reports.site import page_slug, report
-from tests.reports_sweep import EVIL_NAME, EVIL_TEXT, make_sweep
+from tests.helpers.reports_sweep import EVIL_NAME, EVIL_TEXT, make_sweep
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

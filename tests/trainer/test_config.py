@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import ROOT, TINY, run_cli
+from tests.helpers import ROOT, TINY, run_cli
 from phasefit.cli import main
 from trainer.config import ConfigError, load_config
 

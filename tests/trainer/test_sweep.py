@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import logstore
-from conftest import ROOT, TINY, run_cli
+from tests.helpers import ROOT, TINY, run_cli
 from trainer.config import ConfigError
 from trainer.pool import progress_steps
 from trainer.sweep import load_sweep, run_sweep

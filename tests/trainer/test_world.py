@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, small_world_config
+from tests.helpers import run_cli, small_world_config
 from logstore.schema import ATTRIBUTES
 from trainer.batches import Biographies, decode
 from trainer.text import TEMPLATES, tokenize
@@ -60,7 +60,7 @@ def test_value_sets_have_the_configured_sizes_and_are_prefix_free(config):
 
 def test_paper_preset_has_the_studys_value_sets():
     from trainer.config import load_config
-    from conftest import ROOT
+    from tests.helpers import ROOT
 
     config = load_config(ROOT / "configs" / "paper.toml")
     sets = value_sets(config.world, config.seed)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import logstore
-from conftest import QUICK, TINY, quick_run, run_cli
+from tests.helpers import QUICK, TINY, quick_run, run_cli
 from trainer import loop
 from trainer.config import load_config
 

@@ -19,7 +19,7 @@ import pytest
 
 from logstore import StoreError, open_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 N, DENSE, LAYERS, HEADS = 2000, 512, 2, 2
 
 # The writer process: creates the run or resumes it from its last checkpoint, then appends
@@ -120,7 +120,8 @@ def test_sigkill_at_random_moments_never_loses_or_tears_committed_rows(tmp_path)
         flushed = int(checkpoint.read_text()) // 10 if checkpoint.exists() else 0
         committed = check_committed(store, cache)
         assert committed >= flushed  # what was flushed before the checkpoint survives
-        assert open_run(store).attrs["status"] == "running"
+        # a writer that finished before the kill (a fast, quiet machine) closed its store
+        assert open_run(store).attrs["status"] == ("running" if proc.returncode == -signal.SIGKILL else "complete")
         seen.append(committed)
     assert kills >= 3, "the writer finished before it could be killed: make it slower"
     proc = start_writer(tmp_path, store, rows, pause=0.0)

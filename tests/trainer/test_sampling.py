@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from conftest import small_world_config
+from tests.helpers import small_world_config
 from trainer.config import SamplingConfig
 from trainer.sampling import Sampler, build_stages
 from trainer.world import build_world

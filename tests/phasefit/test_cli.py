@@ -13,7 +13,7 @@ import pytest
 from logstore import open_run
 from phasefit.cli import main
 from phasefit.simulate import simulate, to_store
-from conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 
-from conftest import small_world_config
+from tests.helpers import small_world_config
 from trainer.plan import build_plan, spaced_steps
 from trainer.world import build_world
 

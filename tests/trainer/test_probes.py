@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_world_config
+from tests.helpers import small_world_config
 from trainer.batches import Biographies, trim_padding
 from trainer.loop import Evaluator
 from trainer.model import Transformer

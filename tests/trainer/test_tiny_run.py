@@ -17,7 +17,7 @@ import torch
 
 import logstore
 import phasefit
-from conftest import TINY, run_cli
+from tests.helpers import TINY, run_cli
 from trainer import loop
 from trainer.config import load_config
 from trainer.run import prepare_run
