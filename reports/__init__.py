@@ -33,7 +33,7 @@ _EXPORTS = {
     "run_charts": "reports.site",
     "RunData": "reports.data",
     "run_data": "reports.data",
-    "load_runs": "reports.site",
+    "load_runs": "reports.data",
     "run_page": "reports.site",
     "sweep_page": "reports.site",
     "report": "reports.site",

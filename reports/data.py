@@ -10,8 +10,10 @@ aggregates, histograms and rank-binned quartiles: a few thousand rows at paper s
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,6 +120,36 @@ def run_data(source, name: str | None = None, *, n_boot: int = 200, method: str 
 def unreadable(name: str, problem: str) -> RunData:
     """A run whose store cannot be read: listed on the index with the problem, nothing drawn."""
     return RunData(name=name, status="unreadable", problem=problem, phases={"run": name, "notes": [problem]})
+
+
+def load_runs(runs_dir, *, n_boot: int = 200, method: str = "auto", progress: bool = False) -> list[RunData]:
+    """``run_data`` of every run under ``runs_dir`` (or of ``runs_dir`` itself if it is a run).
+
+    A run that cannot be read or analysed is kept, as status "unreadable" with the problem,
+    so that the index lists it.
+    """
+    from logstore import StoreError, find_runs
+    from phasefit.runs import is_run
+
+    runs_dir = Path(runs_dir)
+    if is_run(runs_dir) or runs_dir.suffix == ".zarr":
+        found = {runs_dir.with_suffix("").name if runs_dir.suffix == ".zarr" else runs_dir.name: runs_dir}
+    else:
+        found = find_runs(runs_dir)
+    items = list(found.items())
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc="report", unit="run", file=sys.stderr, disable=None)
+    out = []
+    for name, path in items:
+        try:
+            out.append(run_data(path, name, n_boot=n_boot, method=method))
+        except StoreError as err:
+            out.append(unreadable(name, f"unreadable store: {err}"))
+        except Exception as err:  # one run's problem must not stop the report of a sweep
+            out.append(unreadable(name, f"analysis failed: {type(err).__name__}: {err}"))
+    return out
 
 
 def individual_quantiles(ds: xr.Dataset, quantiles=QUANTILES) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from pathlib import Path
 import altair as alt
 
 from reports.charts import RUN_SECTIONS as PHASE_SECTIONS, as_run
-from reports.data import RunData, run_data, unreadable
+from reports.data import RunData, load_runs
 from reports.interventions import INTERVENTION_SECTIONS
 from reports.sweeps import SWEEP_SECTIONS, sweep_charts
 
@@ -150,38 +150,6 @@ def run_charts(run) -> dict[str, alt.TopLevelMixin]:
     """Every section chart of the run page that the run has data for, by key."""
     run = as_run(run)
     return {key: make(run) for key, _, make, table in RUN_SECTIONS if len(getattr(run, table))}
-
-
-# ----------------------------------------------------------------------------- loading runs
-
-def load_runs(runs_dir, *, n_boot: int = 200, method: str = "auto", progress: bool = False) -> list[RunData]:
-    """``run_data`` of every run under ``runs_dir`` (or of ``runs_dir`` itself if it is a run).
-
-    A run that cannot be read or analysed is kept, as status "unreadable" with the problem,
-    so that the index lists it.
-    """
-    from logstore import StoreError
-    from logstore.runs import find_runs
-
-    runs_dir = Path(runs_dir)
-    if (runs_dir / "metrics.zarr").is_dir() or runs_dir.suffix == ".zarr":
-        found = {runs_dir.with_suffix("").name if runs_dir.suffix == ".zarr" else runs_dir.name: runs_dir}
-    else:
-        found = find_runs(runs_dir)
-    items = list(found.items())
-    if progress:
-        from tqdm import tqdm
-
-        items = tqdm(items, desc="report", unit="run", file=sys.stderr, disable=None)
-    out = []
-    for name, path in items:
-        try:
-            out.append(run_data(path, name, n_boot=n_boot, method=method))
-        except StoreError as err:
-            out.append(unreadable(name, f"unreadable store: {err}"))
-        except Exception as err:  # one run's problem must not stop the report of a sweep
-            out.append(unreadable(name, f"analysis failed: {type(err).__name__}: {err}"))
-    return out
 
 
 # ----------------------------------------------------------------------------- page bodies
@@ -355,9 +323,9 @@ def _build(runs_dir, out, png: bool, n_boot: int, method: str, progress: bool) -
 def report_from_cli(runs_dir, out=None, png: bool = False) -> int:
     """Entry point of ``phasefit report``: 0 when every run was drawn, 1 when some could not
     be read (the index lists them with the reason). Bad arguments raise PhasefitError."""
-    from logstore.runs import find_runs
+    from logstore import find_runs
     from phasefit.errors import PhasefitError
-    from phasefit.runs import run_folder
+    from phasefit.runs import is_run, run_folder
 
     path = run_folder(runs_dir)  # a run's store: report its run (the site goes beside the store)
     if not path.exists():
@@ -366,7 +334,7 @@ def report_from_cli(runs_dir, out=None, png: bool = False) -> int:
         raise PhasefitError(f"{runs_dir}: not a folder of runs")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise PhasefitError(f"-o {out}: exists and is not a folder")
-    if not (path / "metrics.zarr").is_dir() and not find_runs(path):
+    if not is_run(path) and not find_runs(path):
         raise PhasefitError(f"{runs_dir}: no runs (no folder below it holds metrics.zarr)")
     runs, written = _build(path, out, png, 200, "auto", True)
     pages = [p for p in written if p.suffix == ".html"]

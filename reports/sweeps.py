@@ -27,7 +27,7 @@ import pandas as pd
 
 from phasefit.errors import PhasefitError
 from reports.charts import LOG_AXIS, log_scale
-from reports.data import RunData, compact, condition_label
+from reports.data import RunData, compact, condition_label, load_runs
 
 PUBLISHED = (0.43, 0.81)  # Zucchet et al. (2025): plateau end ~ 0.43 * N^0.81 steps
 WIDTH, HEIGHT = 340, 230
@@ -35,8 +35,6 @@ WIDTH, HEIGHT = 340, 230
 
 def as_runs(runs) -> list[RunData]:
     """RunData for each run: a folder of runs, or a list of RunData or run folders."""
-    from reports.site import load_runs
-
     if isinstance(runs, (str, os.PathLike)):
         return load_runs(runs)
     return [r if isinstance(r, RunData) else load_runs(r)[0] for r in runs]
