@@ -1,4 +1,4 @@
-"""The store schema (DESIGN.md, schema_version 1): names, dimensions, dtypes and attributes.
+"""The store schema (schema_version 1; docs/logstore.md): names, dimensions, dtypes and attributes.
 
 Everything a writer creates and a reader checks is listed here once: the store name, the
 variables with their dimensions, on-disk dtypes and fill values, and the group attributes.
@@ -25,8 +25,7 @@ class StoreError(Exception):
 
 STORE_NAME = "metrics.zarr"  # inside a run directory: runs/NAME/metrics.zarr
 
-# Group attributes. DESIGN.md names the first five; the last two are ours: how many rows of
-# the train_step arrays are complete, and why a failed run failed.
+# Group attributes (docs/logstore.md, "Store schema").
 ATTR_SCHEMA_VERSION = "schema_version"
 ATTR_CONFIG = "config"  # JSON of the resolved configuration
 ATTR_STATUS = "status"

@@ -116,7 +116,7 @@ def test_round_trip_shows_the_schema_and_every_value(tmp_path):
     np.testing.assert_array_equal(ds.exposures.values, expected(steps, "exposures"))
     np.testing.assert_array_equal(ds.attn_sharpness.values, expected(steps, "attn_sharpness"))
     assert ds.loss.dtype == np.float32 and ds.exposures.dtype == np.int32 and ds.attn_name_to_name.dims == ("step", "layer", "head")
-    assert zarr.open_array(store / "correct", mode="r").dtype == np.bool_  # bool on disk, as DESIGN.md says
+    assert zarr.open_array(store / "correct", mode="r").dtype == np.bool_  # bool on disk, as the schema says
 
 
 @pytest.mark.parametrize(

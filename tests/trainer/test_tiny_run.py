@@ -49,7 +49,7 @@ def test_detectors_agree_on_a_tiny_training_run(tiny_run):
         assert all(v is not None for v in values.values()), {n: p.notes for n, p in found.items()}
         spread = (max(values.values()) - min(values.values())) / run_length
         assert spread <= AGREE, f"{key}: {values} spread {spread:.1%} of the run"
-    # Hallucinations appear as the plateau ends (PAPER.md claim 6): the held-out loss leaves its
+    # Hallucinations appear as the plateau ends (docs/study.md, claim 6): the held-out loss leaves its
     # floor after t1 and within 10% of the run of t2.
     assert phases.hallucination_onset is not None, phases.notes
     assert phases.t1 < phases.hallucination_onset and abs(phases.hallucination_lag) <= 0.1 * run_length, \
