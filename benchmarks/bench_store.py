@@ -5,6 +5,7 @@
     python benchmarks/bench_store.py --small     # the same measurements, small and quick
     python benchmarks/bench_store.py --layouts   # the chunk-layout sweep behind logstore/schema.py
     python benchmarks/bench_store.py --codecs    # the codec sweep behind logstore/schema.py
+    python benchmarks/bench_store.py --decoders  # open_run's chunk reader against zarr-python's own
 
 A synthetic run with every variable of the schema is written through RunWriter, then read
 back through open_run. Two evaluation plans: "full" (every fact at every step: the worst
@@ -155,35 +156,39 @@ def write_run(path: Path, data: Synthetic, chunks: tuple[int, int], fsync: bool 
     return {"s_per_eval": elapsed / s.steps, "append_ms": 1e3 * statistics.median(latencies), "close_s": close_s}
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall seconds of ``fn(i)`` over ``repeats`` calls."""
-    times = []
+def timed(fn, repeats: int, cpu: bool = False) -> float | tuple[float, float]:
+    """Median wall seconds of ``fn(i)`` over ``repeats`` calls (and median CPU seconds of
+    all this process's threads, if ``cpu``)."""
+    times, cpus = [], []
     for i in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn(i)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        cpus.append(time.process_time() - c0)
+    return (statistics.median(times), statistics.median(cpus)) if cpu else statistics.median(times)
 
 
-def read_times(path: Path, scale: Scale, n: int, repeats: int, seed: int = 1) -> dict:
+def read_times(path: Path, scale: Scale, n: int, repeats: int, seed: int = 1, opener=open_run, cpu: bool = False) -> dict:
     """Open, one fact's curve, all facts at one step, the population curve (seconds).
 
     A curve or a step is read two ways: loss and correct (what a curve plot needs), and
-    every per-fact variable (loss, correct, top_prob, entropy, exposures).
+    every per-fact variable (loss, correct, top_prob, entropy, exposures). ``opener``:
+    open_run or another reader of the same Dataset; ``cpu``: (wall, CPU) pairs.
     """
     rng = np.random.default_rng(seed)
     facts = rng.integers(0, n, repeats)
     attrs = rng.integers(0, 6, repeats)
     steps = rng.integers(0, scale.steps, repeats)
-    ds = open_run(path)
+    ds = opener(path)
     curve, every = ["loss", "correct"], ["loss", "correct", "top_prob", "entropy", "exposures"]
+    timed_ = lambda fn, k: timed(fn, k, cpu)  # noqa: E731
     return {
-        "open_s": timed(lambda i: open_run(path), repeats),
-        "curve_s": timed(lambda i: ds[curve].isel(individual=facts[i], attribute=attrs[i]).load(), repeats),
-        "curve_all_s": timed(lambda i: ds[every].isel(individual=facts[i], attribute=attrs[i]).load(), repeats),
-        "step_s": timed(lambda i: ds[curve].isel(step=steps[i]).load(), repeats),
-        "step_all_s": timed(lambda i: ds[every].isel(step=steps[i]).load(), repeats),
-        "population_s": timed(lambda i: population_curves(ds), max(1, repeats // 3)),
+        "open_s": timed_(lambda i: opener(path).attrs["committed_steps"], repeats),
+        "curve_s": timed_(lambda i: ds[curve].isel(individual=facts[i], attribute=attrs[i]).load(), repeats),
+        "curve_all_s": timed_(lambda i: ds[every].isel(individual=facts[i], attribute=attrs[i]).load(), repeats),
+        "step_s": timed_(lambda i: ds[curve].isel(step=steps[i]).load(), repeats),
+        "step_all_s": timed_(lambda i: ds[every].isel(step=steps[i]).load(), repeats),
+        "population_s": timed_(lambda i: population_curves(ds), max(1, repeats // 3)),
     }
 
 
@@ -321,6 +326,91 @@ def codec_sweep(scale: Scale, top: Path, report: Report) -> None:
         shutil.rmtree(path)
 
 
+class ZarrReader:
+    """ArrayReader's interface over zarr-python's own array (the --decoders candidate)."""
+
+    def __init__(self, root: Path, name: str, meta: dict):
+        self.root, self.name, self.meta = root, name, meta
+        self.dtype = np.dtype(object) if meta["data_type"] == "string" else np.dtype(meta["data_type"])
+        self._array = None
+
+    @property
+    def array(self):
+        import zarr
+        from zarr.storage import LocalStore, StorePath
+
+        if self._array is None:  # built from the metadata already read and checked: no second read
+            store = StorePath(LocalStore(self.root, read_only=True), self.name)
+            self._array = zarr.Array(zarr.AsyncArray(metadata=self.meta, store_path=store))
+        return self._array
+
+    def read(self, key: tuple) -> np.ndarray:
+        from logstore.schema import StoreError
+
+        try:
+            values = self.array[key]
+            return values.astype(object) if values.dtype.kind == "T" else values  # numpy's StringDType
+        except Exception as err:
+            raise StoreError(f"{self.root}: array '{self.name}': cannot read a chunk ({type(err).__name__}: {err})") from err
+
+
+def open_run_zarr(path: Path):
+    """open_run with zarr-python reading every chunk (the same Dataset, the same semantics)."""
+    from logstore import reader
+
+    return reader._dataset(*reader._prepare(path), reader=ZarrReader)
+
+
+def open_run_from_zarr(path: Path):
+    """The plainest reader over zarr: dask.array.from_zarr per variable, committed rows by
+    slicing, correct masked with da.where (slices then stop at the dask chunks, not the store's)."""
+    import dask.array as da
+
+    from logstore import reader
+    from logstore.schema import DATA_VARIABLES
+
+    root, attrs, metas, rows = reader._prepare(path)
+    ds = reader._dataset(root, attrs, metas, rows, reader=ZarrReader)
+    arrays = {}
+    for name, var in DATA_VARIABLES.items():
+        lazy = da.from_zarr(ZarrReader(root, name, metas[name]).array, chunks=reader._dask_chunks(metas[name]), inline_array=True)
+        arrays[name] = lazy[: rows[var.dims[0]]] if var.dims[0] in rows else lazy
+    arrays["correct"] = da.where(da.isnan(arrays["loss"]), np.float32(np.nan), arrays["correct"].astype(np.float32))
+    return ds.assign({name: (ds[name].dims, a, ds[name].attrs) for name, a in arrays.items()})
+
+
+def decoder_comparison(scale: Scale, top: Path, report: Report, rounds: int = 3) -> None:
+    """The same store read by open_run (logstore/chunks.py decodes) and through zarr-python.
+
+    Every read of read_times, by each reader in turn, ``rounds`` times over (so that other
+    work on the machine slows all of them alike); wall and CPU medians over all rounds.
+    """
+    data = Synthetic(scale, "full")
+    path = top / "decoders" / "metrics.zarr"
+    write_run(path, data, (CHUNK_STEPS, CHUNK_INDIVIDUALS), fsync=False)
+    openers = {"logstore": open_run, "zarr": open_run_zarr, "zarr_from_zarr": open_run_from_zarr}
+    first = {label: opener(path) for label, opener in openers.items()}  # the same values, every way
+    for label, ds in first.items():
+        for sel in (dict(individual=data.n // 3, attribute=3), dict(step=scale.steps // 2)):
+            for name in ("loss", "correct", "exposures"):
+                pick = {dim: k for dim, k in sel.items() if dim in ds[name].dims}
+                np.testing.assert_array_equal(ds[name].isel(pick).values, first["logstore"][name].isel(pick).values, err_msg=label)
+    times: dict = {label: {} for label in openers}
+    for r in range(rounds):
+        for label, opener in openers.items():
+            for metric, (wall, cpu) in read_times(path, scale, data.n, scale.repeats, seed=r, opener=opener, cpu=True).items():
+                times[label].setdefault(metric, []).append((wall, cpu))
+            print(f"decoders: round {r + 1}, {label} done", file=sys.stderr, flush=True)
+    for label, metrics in times.items():
+        for metric, values in metrics.items():
+            name = metric.removesuffix("_s")
+            wall = statistics.median(w for w, _ in values)
+            cpu = statistics.median(c for _, c in values)
+            report.add(f"decoders_{label}_{name}", 1e3 * wall, "ms", "", reader=label, rounds=rounds)
+            report.add(f"decoders_{label}_{name}_cpu", 1e3 * cpu, "ms", "", reader=label, rounds=rounds)
+    shutil.rmtree(path.parent)
+
+
 def cpu_time(fn, repeats: int) -> float:
     """Median CPU seconds (all threads of this process) of ``fn(i)`` over ``repeats`` calls."""
     times = []
@@ -336,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="a small, quick configuration")
     parser.add_argument("--layouts", action="store_true", help="sweep candidate chunk layouts instead")
     parser.add_argument("--codecs", action="store_true", help="sweep candidate codecs for loss instead")
+    parser.add_argument("--decoders", action="store_true", help="compare open_run's chunk reader with zarr-python's own instead")
     parser.add_argument("--dir", help="scratch folder (default: a temporary one, removed after)")
     parser.add_argument("--chunks", default=f"{CHUNK_STEPS}x{CHUNK_INDIVIDUALS}", help="steps x individuals per chunk (8x4096)")
     args = parser.parse_args(argv)
@@ -351,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             layout_sweep(scale, top, report)
         elif args.codecs:
             codec_sweep(scale, top, report)
+        elif args.decoders:
+            decoder_comparison(scale, top, report)
         else:
             main_bench(scale, top, chunks, report)
     finally:

@@ -2,8 +2,10 @@
 
 zarr-python reads a chunk through its event loop, with a thread hand-off for the file and
 for each codec: reading one step of loss at the paper's scale (20 chunks) takes 20 ms of
-CPU through zarr, 8.5 ms here (`benchmarks/bench_store.py --codecs`). Readers touch many
-chunks (a curve: one per 8 steps per variable; the population curve: all of them), so for
+CPU through zarr, 8.5 ms here (`benchmarks/bench_store.py --codecs`), and every read of
+``open_run`` two to four times the CPU through zarr-python 3.1 (`--decoders`, in
+docs/logstore.md). Readers touch many chunks (a curve: one per 8 steps per variable; the
+population curve: all of them), so for
 the codecs this package writes -- bytes or vlen-utf8, then blosc or zstd, then crc32c --
 chunks are decoded here with numcodecs, in the calling (dask worker) thread. Any other
 codec chain is read through zarr. The files are plain Zarr v3 either way.

@@ -152,8 +152,10 @@ def _check_coordinates(root: Path, coords: dict[str, np.ndarray]) -> None:
         raise StoreError(f"{root}: array 'split' holds values other than {', '.join(SPLITS)} (a missing or damaged chunk?)")
 
 
-def _dataset(root: Path, attrs: dict, metas: dict, rows: dict[str, int]) -> xr.Dataset:
-    readers = {name: ArrayReader(root, name, metas[name]) for name in metas}
+def _dataset(root: Path, attrs: dict, metas: dict, rows: dict[str, int], reader=ArrayReader) -> xr.Dataset:
+    """The Dataset of ``_prepare``'s results; ``reader``: what reads each array (ArrayReader;
+    benchmarks/bench_store.py --decoders passes one over zarr-python's own arrays)."""
+    readers = {name: reader(root, name, metas[name]) for name in metas}
     coords = {}
     for name, var in COORDINATES.items():
         values = readers[name].read((slice(0, rows.get(var.dims[0])),))
