@@ -78,11 +78,18 @@ def _fill(meta: dict, dtype: np.dtype):
 class ArrayReader:
     """Regions of one array of a run, read from its chunk files (see the module docstring).
 
-    ``meta`` is the array's zarr.json document. Picklable, for dask's distributed scheduler.
+    ``meta`` is the array's zarr.json document. ``checksums`` (chunk key -> crc32c, as the
+    writer recorded them at its commits; None for a store written before they were) tell a
+    chunk never written (all fill) from one lost, and a chunk from one misplaced or stale;
+    ``live`` is the index along the first dimension of the one chunk a running writer may be
+    rewriting under the reader (not compared); ``labels`` (dimension -> coordinate values)
+    name the steps and individuals in errors. Picklable, for dask's distributed scheduler.
     """
 
-    def __init__(self, root: Path, name: str, meta: dict):
+    def __init__(self, root: Path, name: str, meta: dict, checksums: dict | None = None, live: int | None = None,
+                 labels: dict | None = None):
         self.root, self.name, self.meta = root, name, meta
+        self.checksums, self.live, self.labels = checksums, live, labels or {}
         self.shape = tuple(meta["shape"])
         self.chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
         self.dtype = np.dtype(object) if meta["data_type"] == "string" else np.dtype(meta["data_type"])
@@ -92,7 +99,8 @@ class ArrayReader:
         self._zarr: zarr.Array | None = None
 
     def __getstate__(self) -> dict:
-        return {"root": self.root, "name": self.name, "meta": self.meta}
+        return {"root": self.root, "name": self.name, "meta": self.meta, "checksums": self.checksums, "live": self.live,
+                "labels": self.labels}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -150,9 +158,30 @@ class ArrayReader:
         return out[tuple(0 if isinstance(p, int) else slice(None) for p in picks)]
 
     def _chunk(self, coords: tuple[int, ...]) -> np.ndarray | None:
-        path = self.root / self.name / self.separator.join(("c", *map(str, coords)))
+        key = self.separator.join(("c", *map(str, coords)))
         try:
-            raw = path.read_bytes()
+            raw = (self.root / self.name / key).read_bytes()
         except FileNotFoundError:
-            return None  # never written: all fill
+            if self.checksums is not None and key in self.checksums:
+                raise StoreError(f"{self.root}: array '{self.name}' is missing its chunk {key} ({self._where(coords)}): "
+                                 "a missing or damaged chunk (a lost file); restore it or move the run away") from None
+            return None  # never written: all fill (facts not evaluated there)
+        if self.checksums is not None and coords[0] != self.live:
+            if self.checksums.get(key) != int.from_bytes(raw[-4:], "little"):
+                raise StoreError(f"{self.root}: array '{self.name}' holds a chunk {key} ({self._where(coords)}) that is not "
+                                 "the one written there (its checksum is not the one recorded at the commit): a misplaced or "
+                                 "stale file, or the run was rewritten since it was opened (open it again)")
         return self._decode(raw)
+
+    def _where(self, coords: tuple[int, ...]) -> str:
+        """The steps and individuals a chunk holds, in words: "steps 80..110, individuals 0..127"."""
+        words = {"step": "steps", "train_step": "training steps", "individual": "individuals"}
+        parts = []
+        for dim, i, c, size in zip(self.meta.get("dimension_names") or [], coords, self.chunks, self.shape):
+            if dim in words:
+                values = self.labels.get(dim)
+                lo, hi = i * c, min((i + 1) * c, size) - 1
+                if values is not None and len(values):
+                    lo, hi = values[min(lo, len(values) - 1)], values[min(hi, len(values) - 1)]
+                parts.append(f"{words[dim]} {lo}..{hi}")
+        return ", ".join(parts) or f"chunk index {coords}"

@@ -45,14 +45,34 @@ class DurableStore(LocalStore):
     flushing to the operating system: faster, for tests and throwaway runs.
     """
 
-    def __init__(self, root: Path | str, *, read_only: bool = False, fsync: bool = True) -> None:
+    def __init__(self, root: Path | str, *, read_only: bool = False, fsync: bool = True,
+                 checksums: dict[str, dict[str, int]] | None = None) -> None:
         super().__init__(root, read_only=read_only)
         self.fsync = fsync
         self._dirty_dirs: set[Path] = set()
         self._dirty_lock = threading.Lock()
+        # array -> chunk key -> crc32c of every chunk file written (the last 4 bytes of a
+        # chunk, which the Crc32cCodec appends): what the writer records with each commit,
+        # so that a reader tells a lost or misplaced chunk from one never written.
+        self._checksums = {name: dict(chunks) for name, chunks in (checksums or {}).items()}
 
     def with_read_only(self, read_only: bool = False) -> DurableStore:
-        return type(self)(self.root, read_only=read_only, fsync=self.fsync)
+        return type(self)(self.root, read_only=read_only, fsync=self.fsync, checksums=self._checksums)
+
+    def checksums(self) -> dict[str, dict[str, int]]:
+        """A copy of the chunk checksums (array -> chunk key -> crc32c) recorded so far."""
+        with self._dirty_lock:
+            return {name: dict(chunks) for name, chunks in self._checksums.items() if chunks}
+
+    def _record(self, key: str, value: bytes | None) -> None:
+        array, _, chunk = key.rpartition("/")
+        if not chunk.startswith("c."):
+            return
+        with self._dirty_lock:
+            if value is None:
+                self._checksums.get(array, {}).pop(chunk, None)
+            else:
+                self._checksums.setdefault(array, {})[chunk] = chunk_checksum(value)
 
     def _touched(self, path: Path) -> None:
         with self._dirty_lock:
@@ -73,6 +93,7 @@ class DurableStore(LocalStore):
             tmp.unlink(missing_ok=True)
             raise
         self._touched(path)
+        self._record(key, value.as_buffer_like())
 
     async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
         if exclusive:  # only zarr's set_if_not_exists, which we never rely on
@@ -90,10 +111,12 @@ class DurableStore(LocalStore):
     async def delete(self, key: str) -> None:
         await super().delete(key)
         self._touched(self.root / key)
+        self._record(key, None)
 
     def delete_sync(self, key: str) -> None:
         super().delete_sync(key)
         self._touched(self.root / key)
+        self._record(key, None)
 
     def sync(self) -> None:
         """Make every rename and deletion so far durable (fsync their directories)."""
@@ -103,6 +126,30 @@ class DurableStore(LocalStore):
             for d in dirs:
                 if d.is_dir():
                     fsync_dir(d)
+
+
+def chunk_checksum(data) -> int:
+    """The crc32c a chunk file ends with (the Crc32cCodec's), as an integer."""
+    return int.from_bytes(bytes(memoryview(data)[-4:]), "little")
+
+
+def scan_checksums(root: Path, arrays) -> dict[str, dict[str, int]]:
+    """The checksums of every chunk file on disk (for a store written before they were recorded)."""
+    out = {}
+    for name in arrays:
+        folder = root / name
+        files = sorted(f for f in folder.iterdir() if f.name.startswith("c.") and not f.name.endswith(PARTIAL_SUFFIX)) \
+            if folder.is_dir() else []
+        chunks = {}
+        for file in files:
+            if file.stat().st_size < 4:  # not a chunk: its checksum codec would refuse it
+                continue
+            with file.open("rb") as f:
+                f.seek(-4, os.SEEK_END)
+                chunks[file.name] = int.from_bytes(f.read(4), "little")
+        if chunks:
+            out[name] = chunks
+    return out
 
 
 def remove_partial_files(root: Path) -> int:

@@ -18,15 +18,16 @@ import xarray as xr
 
 from logstore.checks import load_metadata
 from logstore.chunks import ArrayReader
-from logstore.schema import StoreError
-from logstore.schema import DASK_CHUNK_STEPS
 from logstore.schema import (
+    ATTR_CHECKSUMS,
     ATTRIBUTES,
     COORDINATES,
+    DASK_CHUNK_STEPS,
     DATA_VARIABLES,
     SPLITS,
     STEP_VARIABLES,
     TRAIN_VARIABLES,
+    StoreError,
 )
 
 
@@ -156,6 +157,13 @@ def _dataset(root: Path, attrs: dict, metas: dict, rows: dict[str, int], reader=
     """The Dataset of ``_prepare``'s results; ``reader``: what reads each array (ArrayReader;
     benchmarks/bench_store.py --decoders passes one over zarr-python's own arrays)."""
     readers = {name: reader(root, name, metas[name]) for name in metas}
+    checksums = attrs.get(ATTR_CHECKSUMS)
+    if isinstance(checksums, dict) and reader is ArrayReader:
+        for name, r in readers.items():
+            r.checksums = checksums.get(name, {})
+            committed = rows.get(metas[name]["dimension_names"][0])
+            if attrs.get("status") == "running" and committed:  # its writer may be rewriting that chunk now
+                r.live = (committed - 1) // r.chunks[0]
     coords = {}
     for name, var in COORDINATES.items():
         values = readers[name].read((slice(0, rows.get(var.dims[0])),))
@@ -165,6 +173,9 @@ def _dataset(root: Path, attrs: dict, metas: dict, rows: dict[str, int], reader=
     if tuple(coords["attribute"][1]) != ATTRIBUTES:
         raise StoreError(f"{root}: array 'attribute' holds {list(coords['attribute'][1])}, expected {list(ATTRIBUTES)}")
     _check_coordinates(root, {name: values for name, (_, values, _) in coords.items()})
+    labels = {dim: coords[dim][1] for dim in ("step", "train_step", "individual")}
+    for r in readers.values():
+        r.labels = labels
 
     data = {}
     for name, var in DATA_VARIABLES.items():
@@ -175,7 +186,7 @@ def _dataset(root: Path, attrs: dict, metas: dict, rows: dict[str, int], reader=
         else:  # top_prob and entropy are stored NaN where loss is: the writer masks them
             variable = _Variable(readers[name], shape, readers[name].dtype)
         data[name] = (var.dims, _lazy(variable, _dask_chunks(metas[name]), name), metas[name].get("attributes", {}))
-    ds = xr.Dataset(data, coords, attrs=dict(attrs))
+    ds = xr.Dataset(data, coords, attrs={k: v for k, v in attrs.items() if k != ATTR_CHECKSUMS})
     ds.correct.attrs["note"] = "1.0 correct, 0.0 wrong, NaN not evaluated (stored as bool)"
     ds.encoding["source"] = str(root)
     return ds

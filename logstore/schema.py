@@ -33,6 +33,7 @@ ATTR_COMMITTED_STEPS = "committed_steps"  # rows of `step` that are complete; re
 ATTR_PACKAGE_VERSION = "package_version"
 ATTR_COMMITTED_TRAIN_STEPS = "committed_train_steps"  # rows of `train_step` that are complete
 ATTR_REASON = "reason"  # only when status is failed
+ATTR_CHECKSUMS = "chunk_checksums"  # array -> chunk key -> crc32c of every chunk each commit wrote
 # Written by the trainer so that no reader re-derives them (stores without them still open):
 ATTR_STAGES = "stages"  # JSON list of the sampling schedule's stages: {start, end, label, ranks}
 ATTR_CONDITIONS = "conditions"  # JSON of the run's conditions under their short names (N, sampling, ...)

@@ -28,9 +28,10 @@ from zarr.core.sync import sync
 
 from logstore.blocks import StepBlock
 from logstore.checks import check_store
-from logstore.durable import DurableStore, WriterLock, fsync_dir, remove_partial_files
+from logstore.durable import DurableStore, WriterLock, fsync_dir, remove_partial_files, scan_checksums
 from logstore.schema import (
     ATTENTION_VARIABLES,
+    ATTR_CHECKSUMS,
     ATTRIBUTES,
     CHUNK_INDIVIDUALS,
     CHUNK_STEPS,
@@ -133,13 +134,13 @@ class RunWriter:
         stored as JSON). ``fsync=False`` gives up durability
         against power loss (not against a killed process) for speed.
         """
-        root = create_store(
+        root, checksums = create_store(
             path, individual, split, rank, baseline, n_layers, n_heads, config, package_version, chunk_steps, chunk_individuals, fsync,
             attributes or {},
         )
         lock = WriterLock(root)
         lock.acquire()
-        return cls._open(root, lock, 0, 0, fsync, queue_size)
+        return cls._open(root, lock, 0, 0, checksums, fsync, queue_size)
 
     @classmethod
     def resume(cls, path: str | os.PathLike, after_step: int | None = None, *, fsync: bool = True, queue_size: int = 16) -> RunWriter:
@@ -153,16 +154,18 @@ class RunWriter:
         lock = WriterLock(root)
         lock.acquire()
         try:
-            committed, committed_train = reopen_store(root, attrs, after_step, fsync)
+            committed, committed_train, checksums = reopen_store(root, attrs, after_step, fsync)
         except BaseException:
             lock.release()
             raise
-        return cls._open(root, lock, committed, committed_train, fsync, queue_size)
+        return cls._open(root, lock, committed, committed_train, checksums, fsync, queue_size)
 
     @classmethod
-    def _open(cls, root: Path, lock: WriterLock, committed: int, committed_train: int, fsync: bool, queue_size: int) -> RunWriter:
+    def _open(cls, root: Path, lock: WriterLock, committed: int, committed_train: int, checksums: dict, fsync: bool,
+              queue_size: int) -> RunWriter:
         try:
-            return cls(root, DurableStore(root, fsync=fsync), lock, committed, committed_train, queue_size)
+            store = DurableStore(root, fsync=fsync, checksums=checksums)
+            return cls(root, store, lock, committed, committed_train, queue_size)
         except BaseException:
             lock.release()
             raise
@@ -331,7 +334,8 @@ class RunWriter:
             writes += [(self._arrays[name], rows, np.concatenate([it.values[name] for it in trains])) for name in ("train_loss", "lr")]
         _gather([array.async_array.setitem(selection, values) for array, selection, values in writes])
         self._store.sync()  # the rows are durable: now (and only now) commit them
-        self._group.attrs.update({"committed_steps": committed, "committed_train_steps": committed_train})
+        self._group.attrs.update({"committed_steps": committed, "committed_train_steps": committed_train,
+                                  ATTR_CHECKSUMS: self._store.checksums()})
         self._store.sync()
         self._committed, self._committed_train = committed, committed_train
         if evals:
@@ -364,6 +368,7 @@ class RunWriter:
     def _set_status(self, status: str, reason: str) -> None:
         attrs = {k: v for k, v in self._group.attrs.asdict().items() if k != "reason"}
         attrs["status"] = status
+        attrs[ATTR_CHECKSUMS] = self._store.checksums()  # what is on disk now, trimmed or not
         if status == "failed":
             attrs["reason"] = reason or "unknown"
         self._group.attrs.put(attrs)
@@ -440,8 +445,9 @@ def create_store(
     chunk_individuals: int,
     fsync: bool,
     extra: dict,
-) -> Path:
-    """Build a new store at ``path`` (see RunWriter.create); returns its path."""
+) -> tuple[Path, dict]:
+    """Build a new store at ``path`` (see RunWriter.create); returns its path and the
+    checksums of the chunks written."""
     root = Path(path)
     if root.exists():
         raise StoreError(f"{root}: already exists (use RunWriter.resume to continue a run)")
@@ -477,20 +483,23 @@ def create_store(
     arrays["rank"][:] = rank
     arrays["attribute"][:] = np.array(ATTRIBUTES)
     arrays["baseline"][:] = baseline
+    group.attrs.update({ATTR_CHECKSUMS: store.checksums()})
     store.sync()
     tmp.rename(root)
     if fsync:
         fsync_dir(root.parent)
-    return root
+    return root, store.checksums()
 
 
-def reopen_store(root: Path, attrs: dict, after_step: int | None, fsync: bool) -> tuple[int, int]:
+def reopen_store(root: Path, attrs: dict, after_step: int | None, fsync: bool) -> tuple[int, int, dict]:
     """Prepare a store for a resumed writer (see RunWriter.resume; hold its lock).
 
-    Returns the committed (evaluation, training) rows the writer continues after.
+    Returns the committed (evaluation, training) rows the writer continues after, and the
+    chunk checksums (read from the disk for a store written before they were recorded).
     """
     remove_partial_files(root)
-    store = DurableStore(root, fsync=fsync)
+    checksums = attrs.get(ATTR_CHECKSUMS)
+    store = DurableStore(root, fsync=fsync, checksums=checksums if isinstance(checksums, dict) else scan_checksums(root, VARIABLES))
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
     missing = [name for name in VARIABLES if name not in group]
     if missing:
@@ -508,8 +517,9 @@ def reopen_store(root: Path, attrs: dict, after_step: int | None, fsync: bool) -
         resize_rows(group[name], committed)
     for name in TRAIN_VARIABLES:
         resize_rows(group[name], committed_train)
+    group.attrs.update({ATTR_CHECKSUMS: store.checksums()})  # without the chunks deleted
     store.sync()
-    return committed, committed_train
+    return committed, committed_train, store.checksums()
 
 
 def resize_rows(array: zarr.Array, rows: int) -> None:
