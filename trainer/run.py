@@ -24,9 +24,6 @@ from trainer.checkpoints import RESUME
 from trainer.config import Config, ConfigError, from_dict, load_config, read_toml
 from trainer.references import check_references, with_absolute_paths
 
-STATES = ("new", "partial", "complete", "busy", "conflict", "damaged")
-
-
 def to_toml(config: Config) -> str:
     """The fully resolved config as TOML (flat sections of ints, floats, strings and bools)."""
     data = config.to_dict()
@@ -57,7 +54,7 @@ def config_differences(a: Config, b: Config) -> list[str]:
 
 
 def run_state(path: Path, config: Config | None = None) -> tuple[str, str]:
-    """(state, why) of a run folder, one of STATES.
+    """(state, why) of a run folder: new, partial, complete, busy, conflict or damaged.
 
     - new: no store yet.
     - partial: a store that is not complete; ``why`` is "resume" when a resume state is saved,
