@@ -186,7 +186,7 @@ def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides:
         # The preset's default run, evaluation plan included: its wall time, and the metrics tax
         # (seconds in evaluations / seconds in everything else).
         with tempfile.TemporaryDirectory() as tmp:
-            prepare_run(config, Path(tmp) / "run", resume=False)
+            prepare_run(config, Path(tmp) / "run")
             summary = train(config, Path(tmp) / "run", device, progress=False)
         evals = summary.timings.get("evaluations", 0.0)
         rows += [

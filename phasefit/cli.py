@@ -41,7 +41,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from trainer.sweep import sweep_from_cli
+    from trainer.pool import sweep_from_cli
 
     return sweep_from_cli(args.sweep, out=args.out, workers=args.workers, scheduler=args.scheduler, device=args.device)
 

@@ -21,13 +21,23 @@ class ConfigError(ValueError):
     """A configuration key is unknown, of the wrong type, or holds an impossible value."""
 
 
+PATCHED = "patched"  # a condition's ``only``: it describes patched runs only
+
+
+def condition(short: str, only: str = "") -> dict:
+    """Field metadata: the key is one of the conditions that describe a run, named ``short``
+    (the store's ``conditions`` attribute, phasefit's tables). ``only``: a sampling kind, or
+    PATCHED, when it describes only runs of that kind (or patched runs)."""
+    return {"condition": short, "only": only}
+
+
 @dataclass
 class WorldConfig:
     """The population and its value sets (sizes as in the study at the paper preset)."""
 
-    n_individuals: int = 64_000  # trained individuals (N)
+    n_individuals: int = field(default=64_000, metadata=condition("N"))  # trained individuals
     n_heldout: int = 16_000  # never trained on: they measure hallucination
-    n_finetune: int = 0  # new individuals for fine-tuning runs
+    n_finetune: int = field(default=0, metadata=condition("n_finetune"))  # new individuals for fine-tuning runs
     n_first_names: int = 900
     n_middle_names: int = 900
     n_last_names: int = 1000
@@ -43,12 +53,23 @@ class WorldConfig:
 
 TEMPLATES_WRITTEN = 25  # sentence templates per attribute in trainer/text.py
 
-SAMPLING_KINDS = ("uniform", "power_law", "celebrities", "warmup", "sequential", "finetune")
+# Each sampling kind, and its condition in words (the store's ``condition_label``; formatted
+# with s = the sampling section, w = the world section).
+KIND_LABELS = {
+    "uniform": "uniform",
+    "power_law": "power law alpha={s.alpha:g}",
+    "celebrities": "celebrities {s.celebrities}x{s.celebrity_weight:g}",
+    "warmup": "warm-up {s.warmup_individuals}x{s.warmup_epochs:g}",
+    "sequential": "sequential",
+    "finetune": "fine-tune {w.n_finetune} new, replay {s.replay_weight:g}",
+}
+SAMPLING_KINDS = tuple(KIND_LABELS)
 
 
 @dataclass
 class SamplingConfig:
-    """Who is sampled when. ``kind`` picks the schedule; the other keys parametrise it.
+    """Who is sampled when. ``kind`` picks the schedule; the other keys parametrise it (each
+    key's metadata names the kind it belongs to; trainer/sampling.py builds the schedule).
 
     - uniform: every trained individual equally often.
     - power_law: p(i) ~ (rank_i + 1) ** -alpha.
@@ -62,15 +83,15 @@ class SamplingConfig:
       total probability mass is ``replay_weight`` times that of the new ones (0: no replay).
     """
 
-    kind: str = "uniform"
-    alpha: float = 0.0
-    celebrities: int = 0
-    celebrity_weight: float = 1.0
-    warmup_individuals: int = 0
-    warmup_epochs: float = 1.0
-    n_groups: int = 1
-    n_repeats: int = 1
-    replay_weight: float = 0.0
+    kind: str = field(default="uniform", metadata=condition("sampling"))
+    alpha: float = field(default=0.0, metadata=condition("alpha", "power_law"))
+    celebrities: int = field(default=0, metadata=condition("celebrities", "celebrities"))
+    celebrity_weight: float = field(default=1.0, metadata=condition("celebrity_weight", "celebrities"))
+    warmup_individuals: int = field(default=0, metadata=condition("warmup", "warmup"))
+    warmup_epochs: float = field(default=1.0, metadata=condition("warmup_epochs", "warmup"))
+    n_groups: int = field(default=1, metadata=condition("groups", "sequential"))
+    n_repeats: int = field(default=1, metadata=condition("repeats", "sequential"))
+    replay_weight: float = field(default=0.0, metadata=condition("replay", "finetune"))
 
 
 MODEL_PRESETS = {
@@ -86,7 +107,7 @@ MODEL_PRESETS = {
 class ModelConfig:
     """Decoder-only transformer. ``preset`` fills the sizes; explicit sizes override it."""
 
-    preset: str = "paper"
+    preset: str = field(default="paper", metadata=condition("model"))
     n_layers: int = 0
     d_model: int = 0
     n_heads: int = 0
@@ -103,15 +124,15 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation (AdamW with cosine decay by default, as in the study)."""
 
-    steps: int = 16_000
-    batch_size: int = 128
-    lr: float = 4e-4
+    steps: int = field(default=16_000, metadata=condition("steps"))
+    batch_size: int = field(default=128, metadata=condition("batch"))
+    lr: float = field(default=4e-4, metadata=condition("lr"))
     lr_schedule: str = "cosine"  # cosine | constant
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 0
     beta1: float = 0.9
     beta2: float = 0.95
-    weight_decay: float = 0.1
+    weight_decay: float = field(default=0.1, metadata=condition("wd"))
     grad_clip: float = 1.0
     init_from: str = ""  # a finished run directory to start from (fine-tuning)
     compile: str = "auto"  # auto | on | off (auto: on for CUDA)
@@ -145,8 +166,9 @@ class PatchConfig:
     """
 
     reference: str = ""  # the reference run's folder ("": no patching)
-    reference_step: int = -1  # the checkpoint whose attention is used (-1: the final weights)
-    start: int = 0  # training step at which patching starts
+    # the checkpoint whose attention is used (-1: the final weights), and the step patching starts
+    reference_step: int = field(default=-1, metadata=condition("patterns_from", PATCHED))
+    start: int = field(default=0, metadata=condition("patch_start", PATCHED))
 
 
 @dataclass
@@ -165,6 +187,33 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def flat(self) -> dict:
+        """{"seed": 0, "name": "", "world.n_individuals": 64000, ...}"""
+        out = {}
+        for key, value in self.to_dict().items():
+            out.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
+        return out
+
+    def conditions(self) -> dict:
+        """The conditions that describe the run under their short names (``condition``), and its
+        seed. Parameters of other sampling kinds, and of patching in an unpatched run, do not
+        describe it."""
+        out = {}
+        for section in SECTIONS:
+            values = getattr(self, section)
+            for f in dataclasses.fields(values):
+                short, only = f.metadata.get("condition"), f.metadata.get("only")
+                if short is None or (only == PATCHED and not self.patch.reference):
+                    continue
+                if only in ("", PATCHED) or only == self.sampling.kind:
+                    out[short] = getattr(values, f.name)
+        out["seed"] = self.seed
+        return out
+
+    def condition_label(self) -> str:
+        """The sampling condition in words: uniform, power law alpha=0.7, warm-up 4000x2, ..."""
+        return KIND_LABELS[self.sampling.kind].format(s=self.sampling, w=self.world)
 
 
 _SECTION_CLASSES = {

@@ -71,7 +71,8 @@ def format_findings(f: dict) -> str:
 def demo_from_cli(out: str | None = "demo", workers: int = 2) -> int:
     """Entry point of ``phasefit demo``: 0 when every run completed and was analysed (the findings are
     printed, whichever way they come out), 1 when a run failed, 130 when interrupted."""
-    from trainer.sweep import load_sweep, run_sweep, summarise
+    from trainer.pool import run_sweep, summarise
+    from trainer.sweep import load_sweep
 
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import logstore
+from logstore.schema import ATTR_CONDITION_LABEL, ATTR_CONDITIONS, ATTR_STAGES, STORE_NAME
 from trainer import checkpoints, references
 from trainer.batches import Batch, Biographies, trim_padding
 from trainer.config import Config
@@ -215,7 +216,8 @@ class Evaluator:
 
 
 def train(config: Config, out: Path, device: torch.device, resume: bool = False, progress: bool = True) -> Summary:
-    """Train one run into ``out`` (config.toml, metrics.zarr, checkpoints/)."""
+    """Train one run into ``out`` (config.toml, the store, checkpoints/); ``resume``: continue
+    from the resume state in checkpoints/ (trainer/run.py decides when)."""
     setup_started = time.perf_counter()
     torch.manual_seed(config.seed)
     world = build_world(config.world, config.seed)
@@ -246,14 +248,16 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
     step, elapsed = 0, 0.0
     if resume:
         step, elapsed = checkpoints.load_resume(ckpt_dir, model, optimizer, generator, sampler.exposures)
-        writer = logstore.RunWriter.resume(out / "metrics.zarr", after_step=step)
+        writer = logstore.RunWriter.resume(out / STORE_NAME, after_step=step)
     else:
         from trainer import __version__
 
         writer = logstore.RunWriter.create(
-            out / "metrics.zarr", individual=plan.order, split=world.split[plan.order], rank=world.rank[plan.order],
+            out / STORE_NAME, individual=plan.order, split=world.split[plan.order], rank=world.rank[plan.order],
             baseline=world.baseline, n_layers=model.n_layers, n_heads=model.n_heads, config=config.to_dict(),
-            package_version=__version__)
+            package_version=__version__, attributes={  # what the trainer did, so analyses need not re-derive it
+                ATTR_STAGES: [st.describe() for st in sampler.stages], ATTR_CONDITIONS: config.conditions(),
+                ATTR_CONDITION_LABEL: config.condition_label()})
 
     net = network(step)
     train_step = make_train_step(net, optimizer, config, device, bios.pad)

@@ -1,7 +1,8 @@
-"""Where the runs of a sweep execute: a local pool of processes, or an existing Dask cluster.
+"""Running a sweep's runs: on a local pool of processes, or on an existing Dask cluster.
 
-Both pools hand each run to ``trainer.sweep_run.execute_run``, which trains it in a process
-of its own; they differ only in where that happens and how many at once:
+Every run trains in a process of its own (``execute_run``: ``python -m trainer.run RUN_DIR``),
+which decides from the run folder what to do (trainer/run.py). The pools differ only in where
+that happens and how many at once:
 
 - ``LocalPool``: on the CPU, ``workers`` runs at once with ``cores // workers`` threads each
   (unless OMP_NUM_THREADS is set). On GPUs, ``runs_per_gpu`` runs per device at once (at
@@ -15,30 +16,85 @@ of its own; they differ only in where that happens and how many at once:
 
 from __future__ import annotations
 
-import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+from logstore import STORE_NAME, StoreError, check_store, committed_train_steps
 from trainer.config import ConfigError
-from trainer.sweep_run import execute_run
+from trainer.run import resolve_device, run_state, write_config
+from trainer.sweep import RunSpec, Sweep, load_sweep
+
+LOG = "sweep.log"  # beside config.toml: the output of every attempt at the run
 
 
-def progress_steps(path: Path) -> int:
-    """Training steps a run has committed so far (0 when it has no store yet)."""
+@dataclass
+class Outcome:
+    """How one run of a sweep ended: complete, failed, interrupted, or skipped (with why)."""
+
+    name: str
+    status: str
+    message: str = ""
+    wall_s: float = 0.0
+    where: str = ""  # the machine or Dask worker that ran it
+    skipped: bool = False  # complete before this sweep started
+
+
+def execute_run(path: str, device: str, env: dict | None = None, should_stop=None, where: str = "") -> dict:
+    """Run ``python -m trainer.run PATH`` and wait. Returns {status, message, wall_s, where}.
+
+    ``env`` is added to this process's environment (threads, visible GPU); ``should_stop``
+    is polled, and when it turns true the run gets SIGINT and saves its resume state.
+    """
+    run = Path(path)
+    where = where or socket.gethostname()
+    cmd = [sys.executable, "-m", "trainer.run", str(run), "--device", device]
+    start = time.perf_counter()
+    with open(run / LOG, "a") as log:
+        log.write(f"== {datetime.now().isoformat(timespec='seconds')} on {where}: {' '.join(cmd)}"
+                  f"{'' if not env else ' with ' + ' '.join(f'{k}={v}' for k, v in env.items())}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
+        stopped = False
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if not stopped and should_stop is not None and should_stop():
+                proc.send_signal(signal.SIGINT)
+                stopped = True
+    wall = time.perf_counter() - start
     try:
-        doc = json.loads((path / "metrics.zarr" / "zarr.json").read_bytes())
-        return int(doc["attributes"].get("committed_train_steps", 0))
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+        attrs = check_store(run / STORE_NAME)[1]
+    except StoreError:
+        attrs = {}
+    if code == 0 and attrs.get("status") == "complete":
+        return {"status": "complete", "message": "", "wall_s": wall, "where": where}
+    if stopped or code in (130, -signal.SIGINT):
+        return {"status": "interrupted", "message": "its resume state is saved", "wall_s": wall, "where": where}
+    message = attrs.get("reason") if attrs.get("status") == "failed" else None
+    return {"status": "failed", "message": message or _last_line(run / LOG) or f"exit code {code}",
+            "wall_s": wall, "where": where}
 
 
-def _outcome(name: str, result: dict):
-    from trainer.sweep import Outcome
-
-    return Outcome(name, **result)
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("phasefit: ") if lines else ""
 
 
 def visible_gpus() -> list[str]:
@@ -54,8 +110,6 @@ def visible_gpus() -> list[str]:
 def local_slots(workers: int, device: str, runs_per_gpu: int) -> tuple[str, list[dict]]:
     """(device each run gets, one environment per concurrent run) for the local pool."""
     if device != "cpu":
-        from trainer.run import resolve_device
-
         dev = resolve_device(device)  # ConfigError for a bad name or CUDA where there is none
         if dev.type == "cuda":
             gpus = visible_gpus()
@@ -97,9 +151,9 @@ class LocalPool:
 
     def outcome(self, future, run):
         try:
-            return _outcome(run.name, future.result())
+            return Outcome(run.name, **future.result())
         except Exception as err:  # an error in this process, not in the run's
-            return _outcome(run.name, {"status": "failed", "message": f"{type(err).__name__}: {err}"})
+            return Outcome(run.name, "failed", f"{type(err).__name__}: {err}")
 
     def stop(self) -> None:
         """Ask every running run to save its resume state and stop (SIGINT)."""
@@ -111,8 +165,6 @@ class LocalPool:
 
 def dask_task(path: str, device: str, stop_event: str) -> dict:
     """One run as a Dask task: train it in a process of its own on this worker."""
-    import time
-
     from distributed import Event, get_worker
 
     worker = get_worker()
@@ -164,9 +216,9 @@ class DaskPool:
 
     def outcome(self, future, run):
         try:
-            return _outcome(run.name, future.result())
+            return Outcome(run.name, **future.result())
         except Exception as err:  # the task itself failed: a worker lost too often, a cancellation
-            return _outcome(run.name, {"status": "failed", "message": f"on the cluster: {type(err).__name__}: {err}"})
+            return Outcome(run.name, "failed", f"on the cluster: {type(err).__name__}: {err}")
 
     def stop(self) -> None:
         from distributed import Event
@@ -182,3 +234,132 @@ def open_pool(sweep, *, workers: int, scheduler: str | None, device: str, echo=p
         return DaskPool(scheduler, device, sweep.runs_per_gpu, echo)
     dev, slots = local_slots(workers, device, sweep.runs_per_gpu)
     return LocalPool(dev, slots)
+
+
+def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, device: str = "auto",
+              progress: bool | None = None, echo=print) -> list[Outcome]:
+    """Run every run of the sweep that is not complete; return one Outcome per run, in order.
+
+    Locally: ``workers`` processes on the CPU, or on GPUs ``runs_per_gpu`` runs per device (at
+    least ``workers`` in all). With ``scheduler``: each run is a task on that Dask cluster.
+    A failed run is reported and does not stop the others. Ctrl-C asks every running run to
+    save its resume state and stop; the same sweep run again continues where it stopped.
+    """
+    from tqdm.auto import tqdm
+
+    outcomes: dict[str, Outcome] = {}
+    todo: list[RunSpec] = []
+    for run in sweep.runs:
+        state, why = run_state(run.path, run.config)
+        if state == "complete":
+            outcomes[run.name] = Outcome(run.name, "complete", "already complete", skipped=True)
+        elif state in ("conflict", "busy", "damaged"):
+            outcomes[run.name] = Outcome(run.name, "failed", why)
+        else:
+            todo.append(run)
+    blocked = sum(1 for o in outcomes.values() if o.status == "failed")
+    echo(f"sweep {sweep.name}: {len(sweep.runs)} runs in {sweep.folder}; {len(outcomes) - blocked} already complete, "
+         + (f"{blocked} blocked, " if blocked else "") + f"{len(todo)} to run")
+    for o in outcomes.values():
+        if o.status == "failed":
+            echo(f"  {o.name}: not run: {o.message}")
+    if not todo:
+        return [outcomes[r.name] for r in sweep.runs]
+
+    # The pool first: a bad --device or an unreachable --scheduler writes no run folder.
+    pool = open_pool(sweep, workers=workers, scheduler=scheduler, device=device, echo=echo)
+    try:
+        for run in todo:
+            write_config(run.config, run.path)  # the same file ``phasefit train`` writes
+    except BaseException:
+        pool.close(wait=False)
+        raise
+    total = sum(r.config.train.steps for r in todo)
+    bar = tqdm(total=total, disable=None if progress is None else not progress, unit="step",
+               desc=f"sweep {sweep.name}", dynamic_ncols=True)
+    waiting, active = list(todo), {}
+    steps_of = {r.name: 0 for r in todo}
+    abandoned = False
+    last_poll = 0.0
+
+    def finish(run: RunSpec, outcome: Outcome) -> None:
+        outcomes[run.name] = outcome
+        steps_of[run.name] = run.config.train.steps
+        line = f"  {outcome.status:<11} {run.name}"
+        if outcome.wall_s:
+            line += f" ({outcome.wall_s:.0f} s)"
+        if outcome.status != "complete" and outcome.message:
+            line += f": {outcome.message}"
+        if bar.disable:
+            echo(line)
+        else:
+            bar.write(line)
+
+    try:
+        while waiting or active:
+            for run in list(waiting):
+                deps = [outcomes.get(d) for d in run.needs]
+                if any(d is not None and d.status != "complete" for d in deps):
+                    bad = next(n for n, d in zip(run.needs, deps) if d is not None and d.status != "complete")
+                    waiting.remove(run)
+                    finish(run, Outcome(run.name, "failed", f"needs run {bad}, which did not complete"))
+                elif all(d is not None for d in deps):
+                    waiting.remove(run)
+                    active[pool.submit(run)] = run
+            for future in [f for f in active if f.done()]:
+                run = active.pop(future)
+                finish(run, pool.outcome(future, run))
+            now = time.monotonic()
+            if now - last_poll > 2.0 or not active:
+                for run in active.values():
+                    steps_of[run.name] = committed_train_steps(run.path)
+                last_poll = now
+                bar.n = min(total, sum(steps_of.values()))
+                done = sum(1 for r in todo if r.name in outcomes)
+                failed = sum(1 for r in todo if r.name in outcomes and outcomes[r.name].status != "complete")
+                bar.set_postfix_str(f"runs {done}/{len(todo)} done, {failed} failed, {len(active)} running")
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        echo(f"sweep {sweep.name}: interrupted; waiting for {len(active)} running runs to save their state "
+             "(Ctrl-C again to abandon them)")
+        pool.stop()
+        try:
+            for future, run in list(active.items()):
+                finish(run, pool.outcome(future, run))
+        except KeyboardInterrupt:
+            abandoned = True
+    finally:
+        bar.close()
+        pool.close(wait=not abandoned)
+    result = []
+    for run in sweep.runs:
+        result.append(outcomes.get(run.name) or Outcome(run.name, "interrupted", "not started"))
+    return result
+
+
+def summarise(sweep: Sweep, outcomes: list[Outcome]) -> str:
+    counts = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    skipped = sum(1 for o in outcomes if o.skipped)
+    parts = [f"{n} {status}" + (f" ({skipped} already)" if status == "complete" and skipped else "")
+             for status, n in counts.items()]
+    return f"sweep {sweep.name}: {len(outcomes)} runs: {', '.join(parts)}; runs in {sweep.folder}"
+
+
+def sweep_from_cli(sweep_path: str, out: str | None = "runs", workers: int = 1, scheduler: str | None = None,
+                   device: str = "auto") -> int:
+    """Entry point of ``phasefit sweep``: 0 when every run is complete, 1 when some failed,
+    130 when interrupted (run the same command again to continue)."""
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1")
+    blocking = next((p for p in [Path(out or "runs"), *Path(out or "runs").parents] if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
+    sweep = load_sweep(sweep_path, out or "runs")
+    outcomes = run_sweep(sweep, workers=workers, scheduler=scheduler, device=device)
+    print(summarise(sweep, outcomes))
+    if any(o.status == "interrupted" for o in outcomes):
+        print(f"phasefit: sweep interrupted; continue with: phasefit sweep {sweep_path} --out {out or 'runs'}")
+        return 130
+    return 1 if any(o.status != "complete" for o in outcomes) else 0

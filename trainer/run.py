@@ -1,16 +1,28 @@
-"""``phasefit train``: resolve the config and device, prepare the run directory, train."""
+"""A run folder: its state, preparing it, and training it to completion.
+
+A run folder holds config.toml (the resolved config), the store (logstore.STORE_NAME) and
+checkpoints/. ``phasefit train`` (``train_from_cli``) and a sweep's worker process
+(``python -m trainer.run RUN_DIR [--device D]``, ``main``) both come here, so what a folder's
+state allows, and what a diverged, out-of-memory or interrupted run means, is written once.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import shutil
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 import torch
 
+from logstore import STORE_NAME, StoreError, check_store, writer_busy
+from trainer.checkpoints import RESUME
 from trainer.config import Config, ConfigError, from_dict, load_config, read_toml
 from trainer.references import check_references, with_absolute_paths
-
 
 def to_toml(config: Config) -> str:
     """The fully resolved config as TOML (flat sections of ints, floats, strings and bools)."""
@@ -36,63 +48,183 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_run(config: Config, out: Path, resume: bool) -> None:
-    """Create ``out`` with its config.toml, or check that a run to resume has the same config."""
-    saved = out / "config.toml"
-    if resume:
-        from trainer.sweep_run import store_state
+def config_differences(a: Config, b: Config) -> list[str]:
+    fa, fb = a.flat(), b.flat()
+    return [f"{k}: {fa.get(k)!r} there, {fb.get(k)!r} here" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
-        state, why = store_state(out)
-        if state in ("complete", "busy", "conflict"):
-            raise ConfigError(why or f"{out}: the run is already complete; nothing to resume")
-        if not (out / "checkpoints" / "resume.safetensors").exists():
-            raise ConfigError(f"{out}: nothing to resume (no checkpoints/resume.safetensors)")
-        if from_dict(read_toml(saved), str(saved)) != config:
-            raise ConfigError(f"{out}: the run was started with a different config; resume it with its own: "
-                              f"phasefit train {saved} --out {out} --resume")
-        return
+
+def run_state(path: Path, config: Config | None = None) -> tuple[str, str]:
+    """(state, why) of a run folder: new, partial, complete, busy, conflict or damaged.
+
+    - new: no store yet.
+    - partial: a store that is not complete; ``why`` is "resume" when a resume state is saved,
+      "restart" when there is none (the run was killed before its first one).
+    - complete.
+    - busy: another process holds the store's writer lock (it is training the run now).
+    - conflict (only when ``config`` is given): the folder's config.toml is not a valid
+      config, or differs from ``config``.
+    - damaged: the store cannot be read. It may hold a finished run, so it is never deleted.
+    """
+    saved = path / "config.toml"
+    if config is not None and saved.exists():
+        try:
+            there = from_dict(read_toml(saved), str(saved))
+        except ConfigError as err:
+            return "conflict", f"its config.toml is not a valid config ({err})"
+        diff = config_differences(there, config)
+        if diff:
+            return "conflict", (f"{path} holds a run with a different config ({'; '.join(diff[:3])}"
+                                f"{'; ...' if len(diff) > 3 else ''}); delete it or use another --out")
+    store = path / STORE_NAME
+    if not store.exists():
+        return "new", ""
+    if writer_busy(store):
+        return "busy", f"{path}: another process is training this run now"
+    try:
+        attrs = check_store(store)[1]
+    except StoreError as err:
+        return "damaged", f"{err}; move the run away (or delete it) to train it again"
+    if attrs.get("status") == "complete":
+        return "complete", ""
+    return "partial", "resume" if (path / "checkpoints" / RESUME).exists() else "restart"
+
+
+def write_config(config: Config, out: Path) -> None:
+    """``out/config.toml``, written whole or not at all (a sweep reads it back as the run's config)."""
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.toml"
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(to_toml(config))
+    tmp.replace(saved)
+
+
+def prepare_run(config: Config, out: Path) -> None:
+    """Create the folder of a new run for ``phasefit train``; refuse a folder that is not one."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
-    if (out / "metrics.zarr").exists():
+    if (out / STORE_NAME).exists():
         raise ConfigError(f"{out}: a run already exists there (use --resume to continue it, or another --out)")
     store = next((p for p in [out, *out.resolve().parents] if p.suffix == ".zarr" or (p / "zarr.json").exists()), None)
     if store is not None:
         raise ConfigError(f"--out {out}: inside the metrics store {store}; give the run a folder of its own")
     if out.is_dir():
-        from logstore.runs import find_runs
+        from logstore import find_runs  # reading runs needs xarray: only here
 
         held = list(find_runs(out))
         if held:
             raise ConfigError(f"--out {out}: a folder of {len(held)} runs ({held[0]}, ...); give the new run a "
                               f"folder of its own, e.g. --out {out / (config.name or 'run')}")
     check_references(config)
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(to_toml(config))
+    write_config(config, out)
+
+
+def check_resumable(config: Config, out: Path) -> None:
+    """For ``phasefit train --resume``: ``out`` holds a partial run of ``config`` with a resume state."""
+    state, why = run_state(out)
+    if state == "complete":
+        raise ConfigError(f"{out}: the run is already complete; nothing to resume")
+    if state in ("busy", "damaged"):
+        raise ConfigError(why)
+    if not (out / "checkpoints" / RESUME).exists():
+        raise ConfigError(f"{out}: nothing to resume (no checkpoints/{RESUME})")
+    if state == "new":
+        raise ConfigError(f"{out}: nothing to resume (no {STORE_NAME})")
+    saved = out / "config.toml"
+    if from_dict(read_toml(saved), str(saved)) != config:
+        raise ConfigError(f"{out}: the run was started with a different config; resume it with its own: "
+                          f"phasefit train {saved} --out {out} --resume")
+
+
+def train_folder(path: Path, config: Config, device: torch.device, resume: bool,
+                 progress: bool | None = False) -> tuple[int, str]:
+    """Train the prepared run in ``path``: (exit code, what to print). The one place that says
+    what a diverged loss, running out of GPU memory and Ctrl-C (or SIGTERM) mean."""
+    from trainer.loop import Diverged, train
+
+    try:
+        summary = train(config, path, device, resume=resume, progress=progress)
+    except Diverged as err:
+        return 1, f"phasefit: {path}: failed: {err} (the store is marked failed and stays readable)"
+    except torch.cuda.OutOfMemoryError:
+        b = config.train.batch_size
+        return 2, (f"phasefit: error: {path}: out of GPU memory at train.batch_size={b}, eval.batch_size="
+                   f"{config.eval.batch_size}; try --set train.batch_size={max(1, b // 2)} or a smaller eval.batch_size")
+    except KeyboardInterrupt:  # the loop saved the resume state before it let this through
+        return 130, (f"phasefit: {path}: interrupted; its resume state is saved; continue with: "
+                     f"phasefit train {path / 'config.toml'} --out {path} --resume")
+    rate = summary.steps / summary.wall_s if summary.wall_s else float("nan")
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in summary.timings.items())
+    return 0, (f"{path}: {summary.status}, {summary.steps} steps in {summary.wall_s:.1f} s ({rate:.1f} steps/s), "
+               f"final train loss {summary.final_loss:.3f}, accuracy {summary.final_accuracy:.3f} on trained facts\n"
+               f"  of which {parts}")
 
 
 def train_from_cli(config_path: str, out: str | None, overrides: list[str], device: str, resume: bool) -> int:
-    from trainer.loop import Diverged, train
-
+    """``phasefit train``: a new run in a folder of its own, or ``--resume`` of a partial one."""
     config = with_absolute_paths(load_config(config_path, overrides))
     run_dir = Path(out) if out else Path("runs") / (config.name or Path(config_path).stem)
     dev = resolve_device(device)
-    prepare_run(config, run_dir, resume)
+    if resume:
+        check_resumable(config, run_dir)
+    else:
+        prepare_run(config, run_dir)
+    code, line = train_folder(run_dir, config, dev, resume, progress=sys.stderr.isatty() or None)
+    print(line, file=sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
+def train_run(path: Path, device: str) -> int:
+    """Bring the run in ``path`` to completion (a sweep's worker process); returns an exit code.
+
+    Decided here, when the run starts, rather than when the sweep is planned, so that a task
+    a Dask cluster reschedules (a worker lost mid-run) resumes instead of starting again:
+    nothing if complete, resume from a saved state, start over a store without one.
+    """
+    state, how = run_state(path)
+    if state == "complete":
+        print(f"{path}: already complete")
+        return 0
+    if state == "busy":
+        print(f"phasefit: {how}")
+        return 3
+    if state == "damaged":
+        print(f"phasefit: error: {how}")
+        return 2
+    config = from_dict(read_toml(path / "config.toml"), str(path / "config.toml"))
+    check_references(config)
+    dev = resolve_device(device)
+    resume = how == "resume"
+    if state == "partial" and not resume:
+        # No resume state (killed before its first one): nothing to keep but the config.
+        for stale in [path / STORE_NAME, path / "checkpoints", *path.glob(f"{STORE_NAME}.creating-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+    print(f"{path}: {'resuming' if resume else 'starting'} on {dev} ({torch.get_num_threads()} CPU threads)", flush=True)
+    code, line = train_folder(path, config, dev, resume)
+    print(line)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.run",
+                                     description="Train one run folder to completion (a sweep's worker process).")
+    parser.add_argument("run_dir")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    # A scheduler stops a task with SIGTERM (Slurm preemption, a cancelled job): save the
+    # resume state as for Ctrl-C, which the trainer honours between steps.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
-        summary = train(config, run_dir, dev, resume=resume, progress=sys.stderr.isatty() or None)
-    except Diverged as err:
-        print(f"phasefit: {run_dir}: failed: {err} (the store is marked failed and stays readable)", file=sys.stderr)
-        return 1
-    except torch.cuda.OutOfMemoryError:
-        b = config.train.batch_size
-        raise ConfigError(f"{run_dir}: out of GPU memory at train.batch_size={b}, eval.batch_size={config.eval.batch_size};"
-                          f" try --set train.batch_size={max(1, b // 2)} or a smaller eval.batch_size") from None
-    except KeyboardInterrupt:
-        print(f"phasefit: {run_dir}: interrupted; continue with: phasefit train {run_dir / 'config.toml'} "
-              f"--out {run_dir} --resume", file=sys.stderr)
-        return 130
-    rate = summary.steps / summary.wall_s if summary.wall_s else float("nan")
-    print(f"{run_dir}: {summary.status}, {summary.steps} steps in {summary.wall_s:.1f} s ({rate:.1f} steps/s), "
-          f"final train loss {summary.final_loss:.3f}, accuracy {summary.final_accuracy:.3f} on trained facts")
-    parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in summary.timings.items())
-    print(f"  of which {parts}")
-    return 0
+        code = train_run(Path(args.run_dir), args.device)
+    except (ConfigError, StoreError) as err:  # bad input: one line
+        print(f"phasefit: error: {err}")
+        code = 2
+    except Exception as err:  # the traceback in the log, its last line for the sweep's report
+        traceback.print_exc(file=sys.stdout)
+        print(f"phasefit: {args.run_dir}: failed: {type(err).__name__}: {err}")
+        code = 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late second Ctrl-C must not garble the exit
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

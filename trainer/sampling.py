@@ -24,10 +24,34 @@ class Stage:
     ids: np.ndarray  # individuals that can be sampled
     weights: np.ndarray  # their unnormalised probabilities
     label: str
+    # (lowest, highest) train-split rank: the stage samples every trained individual in that
+    # range and no one else; None when it samples others too (fine-tuning's new individuals)
+    ranks: tuple[int, int] | None = None
+
+    def describe(self) -> dict:
+        """The stage as the store's ``stages`` attribute holds it (so analyses need not rebuild it)."""
+        return {"start": int(self.start), "end": int(self.stop), "label": self.label,
+                "ranks": None if self.ranks is None else list(self.ranks)}
 
 
 def build_stages(s: SamplingConfig, world: World, steps: int, batch_size: int) -> list[Stage]:
-    """The stages of a schedule over ``steps`` training steps (DESIGN.md, sampling kinds)."""
+    """The stages of a schedule over ``steps`` training steps (the kinds: SamplingConfig; docs/trainer.md)."""
+    stages = _stages(s, world, steps, batch_size)
+    for st in stages:
+        st.ranks = _rank_range(world, st.ids)
+    return stages
+
+
+def _rank_range(world: World, ids: np.ndarray) -> tuple[int, int] | None:
+    if not (world.split[ids] == "train").all():
+        return None
+    rank = world.rank[ids]
+    low, high = int(rank.min()), int(rank.max())
+    assert high - low + 1 == len(np.unique(rank)), "a stage samples a range of ranks"
+    return low, high
+
+
+def _stages(s: SamplingConfig, world: World, steps: int, batch_size: int) -> list[Stage]:
     train = world.ids("train")
     rank = world.rank[train]
     by_rank = train[np.argsort(rank)]

@@ -1,4 +1,4 @@
-"""Sweeps: a grid of runs from one TOML file, run on a local pool or on a Dask cluster.
+"""Sweep files: a grid of runs from one TOML file, read into named, validated runs.
 
 A sweep file names a base config and the conditions to vary (docs/sweeps.md):
 
@@ -13,22 +13,20 @@ A sweep file names a base config and the conditions to vary (docs/sweeps.md):
     "sampling.kind" = "uniform"
 
 Each run is named from its conditions (``N4000-alpha0.2-seed1``) and lives in
-``OUT/SWEEP_NAME/RUN_NAME``. Running a sweep again skips complete runs and resumes partial
-ones, so a sweep can be interrupted, restarted or extended (more values, more seeds) safely.
+``OUT/SWEEP_NAME/RUN_NAME``; ``"@name"`` references name another run of the sweep.
+trainer/pool.py runs them.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from logstore.runs import flatten_config as flatten
 from trainer.config import SECTIONS, Config, ConfigError, from_dict, read_toml
 from trainer.references import check_references
-from trainer.run import to_toml
 
 SWEEP_KEYS = ("name", "base", "seeds", "runs_per_gpu", "set", "grid", "include")
 # Short names of the conditions in run names; other keys use their last part.
@@ -228,184 +226,3 @@ def _check_no_cycle(runs: list[RunSpec], source: Path) -> None:
                 raise ConfigError(f"{source} [{run.name}]: runs start from each other in a circle "
                                   f"({' -> '.join(chain + [name])})")
             chain.append(name)
-
-
-# ---------------------------------------------------------------------------------------------
-# The state of a run folder: what a sweep does with it.
-
-def config_differences(a: Config, b: Config) -> list[str]:
-    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
-    return [f"{k}: {fa.get(k)!r} there, {fb.get(k)!r} here" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
-
-
-def run_state(run: RunSpec) -> tuple[str, str]:
-    """("new" | "partial" | "complete" | "busy" | "conflict", why) for the run's folder."""
-    from trainer.sweep_run import store_state
-
-    saved = run.path / "config.toml"
-    if saved.exists():
-        try:
-            there = from_dict(read_toml(saved), str(saved))
-        except ConfigError as err:
-            return "conflict", f"its config.toml is not a valid config ({err})"
-        diff = config_differences(there, run.config)
-        if diff:
-            return "conflict", (f"{run.path} holds a run with a different config ({'; '.join(diff[:3])}"
-                                f"{'; ...' if len(diff) > 3 else ''}); delete it or use another --out")
-    return store_state(run.path)
-
-
-def prepare(run: RunSpec) -> None:
-    """Create the run folder with its resolved config.toml (the same file ``phasefit train`` writes)."""
-    run.path.mkdir(parents=True, exist_ok=True)
-    saved = run.path / "config.toml"
-    if not saved.exists():
-        tmp = saved.with_suffix(".tmp")
-        tmp.write_text(to_toml(run.config))
-        tmp.replace(saved)
-
-
-# ---------------------------------------------------------------------------------------------
-# Running a sweep.
-
-@dataclass
-class Outcome:
-    """How one run of a sweep ended: complete, failed, interrupted, or skipped (with why)."""
-
-    name: str
-    status: str
-    message: str = ""
-    wall_s: float = 0.0
-    where: str = ""  # the machine or Dask worker that ran it
-    skipped: bool = False  # complete before this sweep started
-
-
-def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, device: str = "auto",
-              progress: bool | None = None, echo=print) -> list[Outcome]:
-    """Run every run of the sweep that is not complete; return one Outcome per run, in order.
-
-    Locally: ``workers`` processes on the CPU, or on GPUs ``runs_per_gpu`` runs per device (at
-    least ``workers`` in all). With ``scheduler``: each run is a task on that Dask cluster.
-    A failed run is reported and does not stop the others. Ctrl-C asks every running run to
-    save its resume state and stop; the same sweep run again continues where it stopped.
-    """
-    from tqdm.auto import tqdm
-
-    from trainer.pool import open_pool, progress_steps
-
-    outcomes: dict[str, Outcome] = {}
-    todo: list[RunSpec] = []
-    for run in sweep.runs:
-        state, why = run_state(run)
-        if state == "complete":
-            outcomes[run.name] = Outcome(run.name, "complete", "already complete", skipped=True)
-        elif state in ("conflict", "busy"):
-            outcomes[run.name] = Outcome(run.name, "failed", why)
-        else:
-            todo.append(run)
-    blocked = sum(1 for o in outcomes.values() if o.status == "failed")
-    echo(f"sweep {sweep.name}: {len(sweep.runs)} runs in {sweep.folder}; {len(outcomes) - blocked} already complete, "
-         + (f"{blocked} blocked, " if blocked else "") + f"{len(todo)} to run")
-    for o in outcomes.values():
-        if o.status == "failed":
-            echo(f"  {o.name}: not run: {o.message}")
-    if not todo:
-        return [outcomes[r.name] for r in sweep.runs]
-
-    # The pool first: a bad --device or an unreachable --scheduler writes no run folder.
-    pool = open_pool(sweep, workers=workers, scheduler=scheduler, device=device, echo=echo)
-    try:
-        for run in todo:
-            prepare(run)
-    except BaseException:
-        pool.close(wait=False)
-        raise
-    total = sum(r.config.train.steps for r in todo)
-    bar = tqdm(total=total, disable=None if progress is None else not progress, unit="step",
-               desc=f"sweep {sweep.name}", dynamic_ncols=True)
-    waiting, active = list(todo), {}
-    steps_of = {r.name: 0 for r in todo}
-    abandoned = False
-    last_poll = 0.0
-
-    def finish(run: RunSpec, outcome: Outcome) -> None:
-        outcomes[run.name] = outcome
-        steps_of[run.name] = run.config.train.steps
-        line = f"  {outcome.status:<11} {run.name}"
-        if outcome.wall_s:
-            line += f" ({outcome.wall_s:.0f} s)"
-        if outcome.status != "complete" and outcome.message:
-            line += f": {outcome.message}"
-        if bar.disable:
-            echo(line)
-        else:
-            bar.write(line)
-
-    try:
-        while waiting or active:
-            for run in list(waiting):
-                deps = [outcomes.get(d) for d in run.needs]
-                if any(d is not None and d.status != "complete" for d in deps):
-                    bad = next(n for n, d in zip(run.needs, deps) if d is not None and d.status != "complete")
-                    waiting.remove(run)
-                    finish(run, Outcome(run.name, "failed", f"needs run {bad}, which did not complete"))
-                elif all(d is not None for d in deps):
-                    waiting.remove(run)
-                    active[pool.submit(run)] = run
-            for future in [f for f in active if f.done()]:
-                run = active.pop(future)
-                finish(run, pool.outcome(future, run))
-            now = time.monotonic()
-            if now - last_poll > 2.0 or not active:
-                for run in active.values():
-                    steps_of[run.name] = progress_steps(run.path)
-                last_poll = now
-                bar.n = min(total, sum(steps_of.values()))
-                done = sum(1 for r in todo if r.name in outcomes)
-                failed = sum(1 for r in todo if r.name in outcomes and outcomes[r.name].status != "complete")
-                bar.set_postfix_str(f"runs {done}/{len(todo)} done, {failed} failed, {len(active)} running")
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        echo(f"sweep {sweep.name}: interrupted; waiting for {len(active)} running runs to save their state "
-             "(Ctrl-C again to abandon them)")
-        pool.stop()
-        try:
-            for future, run in list(active.items()):
-                finish(run, pool.outcome(future, run))
-        except KeyboardInterrupt:
-            abandoned = True
-    finally:
-        bar.close()
-        pool.close(wait=not abandoned)
-    result = []
-    for run in sweep.runs:
-        result.append(outcomes.get(run.name) or Outcome(run.name, "interrupted", "not started"))
-    return result
-
-
-def summarise(sweep: Sweep, outcomes: list[Outcome]) -> str:
-    counts = {}
-    for o in outcomes:
-        counts[o.status] = counts.get(o.status, 0) + 1
-    skipped = sum(1 for o in outcomes if o.skipped)
-    parts = [f"{n} {status}" + (f" ({skipped} already)" if status == "complete" and skipped else "")
-             for status, n in counts.items()]
-    return f"sweep {sweep.name}: {len(outcomes)} runs: {', '.join(parts)}; runs in {sweep.folder}"
-
-
-def sweep_from_cli(sweep_path: str, out: str | None = "runs", workers: int = 1, scheduler: str | None = None,
-                   device: str = "auto") -> int:
-    """Entry point of ``phasefit sweep``: 0 when every run is complete, 1 when some failed,
-    130 when interrupted (run the same command again to continue)."""
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: must be at least 1")
-    blocking = next((p for p in [Path(out or "runs"), *Path(out or "runs").parents] if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
-    sweep = load_sweep(sweep_path, out or "runs")
-    outcomes = run_sweep(sweep, workers=workers, scheduler=scheduler, device=device)
-    print(summarise(sweep, outcomes))
-    if any(o.status == "interrupted" for o in outcomes):
-        print(f"phasefit: sweep interrupted; continue with: phasefit sweep {sweep_path} --out {out or 'runs'}")
-        return 130
-    return 1 if any(o.status != "complete" for o in outcomes) else 0

@@ -35,7 +35,7 @@ def quick_run(tmp_path: Path, name: str, *extra: str):
 
     config = load_config(TINY, QUICK + list(extra))
     out = tmp_path / name
-    prepare_run(config, out, resume=False)
+    prepare_run(config, out)
     return config, out
 
 

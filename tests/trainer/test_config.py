@@ -4,7 +4,7 @@ import pytest
 
 from tests.helpers import ROOT, TINY, run_cli
 from phasefit.cli import main
-from trainer.config import ConfigError, load_config
+from trainer.config import SAMPLING_KINDS, ConfigError, from_dict, load_config
 
 
 def test_presets_load_with_the_studys_defaults():
@@ -71,3 +71,25 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(to_toml(c))
     assert load_config(path) == c
+
+
+@pytest.mark.parametrize("kind", SAMPLING_KINDS)
+@pytest.mark.parametrize("patched", [False, True], ids=["plain", "patched"])
+def test_a_configs_conditions_are_those_phasefit_names(kind, patched):
+    """Config.conditions() (the store's ``conditions``) gives what phasefit.runs.conditions
+    derives from the config, and condition_label the words the reports use."""
+    from phasefit.runs import conditions
+    from reports.data import condition_label
+
+    data = {"sampling": {"kind": kind, "alpha": 0.7, "celebrities": 100, "celebrity_weight": 10.0,
+                         "warmup_individuals": 4000, "warmup_epochs": 2.0, "n_groups": 4, "n_repeats": 2,
+                         "replay_weight": 0.25},
+            "world": {"n_finetune": 20}, "train": {"init_from": "runs/pretrain"}}
+    if patched:
+        data["patch"] = {"reference": "runs/ref", "reference_step": 200, "start": 10}
+    config = from_dict(data)
+    assert config.conditions() == conditions(config.to_dict())
+    assert config.condition_label() == condition_label(conditions(config.to_dict()))
+    assert config.condition_label() == {
+        "uniform": "uniform", "power_law": "power law alpha=0.7", "celebrities": "celebrities 100x10",
+        "warmup": "warm-up 4000x2", "sequential": "sequential", "finetune": "fine-tune 20 new, replay 0.25"}[kind]

@@ -97,3 +97,17 @@ def test_exposures_count_biographies_per_individual(world):
     g = torch.Generator().manual_seed(5)
     drawn = torch.cat([sampler.sample(s, BATCH, g) for s in range(30)])
     assert torch.equal(sampler.exposures.long(), torch.bincount(drawn, minlength=world.n))
+
+
+def test_stages_say_their_bounds_and_the_ranks_they_sample(world):
+    """The store's ``stages`` attribute: start, end, label and the inclusive train-rank range."""
+    warm = build_stages(SamplingConfig(kind="warmup", warmup_individuals=32, warmup_epochs=4), world, STEPS, BATCH)
+    assert [s.describe() for s in warm] == [{"start": 0, "end": 2, "label": "warm-up on 32", "ranks": [0, 31]},
+                                            {"start": 2, "end": STEPS, "label": "uniform", "ranks": [0, 299]}]
+    sequential = build_stages(SamplingConfig(kind="sequential", n_groups=3, n_repeats=2), world, STEPS, BATCH)
+    bounds = [0, 167, 333, 500, 667, 833, STEPS]
+    assert [s.describe() for s in sequential] == [
+        {"start": bounds[v], "end": bounds[v + 1], "label": f"group {v % 3}",
+         "ranks": [[0, 99], [100, 199], [200, 299]][v % 3]} for v in range(6)]
+    finetune = build_stages(SamplingConfig(kind="finetune", replay_weight=0.5), world, STEPS, BATCH)
+    assert [s.describe()["ranks"] for s in finetune] == [None]  # new individuals are outside the train split

@@ -12,8 +12,8 @@ import pytest
 import logstore
 from tests.helpers import ROOT, TINY, run_cli
 from trainer.config import ConfigError
-from trainer.pool import progress_steps
-from trainer.sweep import load_sweep, run_sweep
+from trainer.pool import run_sweep
+from trainer.sweep import load_sweep
 
 # Micro runs (as tests/test_trainer.py's QUICK): seconds each, most of it starting Python.
 MICRO = f"""
@@ -181,7 +181,7 @@ length = [{ label = "a" }, { label = "b", "train.steps" = 1000 }, { label = "c" 
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
-    while progress_steps(runs["b"]) < 100 and proc.poll() is None and time.monotonic() < deadline:
+    while logstore.committed_train_steps(runs["b"]) < 100 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)  # to the sweep only, as Ctrl-C would; it stops its runs
     output, _ = proc.communicate(timeout=120)

@@ -96,7 +96,7 @@ def test_tiny_preset_shows_the_three_phases(tiny_run):
 
 def train_tiny(out, *overrides):
     config = load_config(TINY, list(overrides))
-    prepare_run(config, out, resume=False)
+    prepare_run(config, out)
     loop.train(config, out, CPU, progress=False)
     return out
 

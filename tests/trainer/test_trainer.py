@@ -30,6 +30,24 @@ def test_a_run_writes_the_schema_and_log_spaced_checkpoints(tmp_path):
     weights = sorted(p.name for p in (out / "checkpoints").glob("step_*.safetensors"))
     assert weights == ["step_00000001.safetensors", "step_00000006.safetensors", "step_00000040.safetensors"]
     assert (out / "checkpoints" / "final.safetensors").exists()
+    # The store says what the trainer did: its schedule, conditions and condition in words.
+    assert logstore.json_attribute(ds.attrs, "stages") == [{"start": 0, "end": 40, "label": "uniform", "ranks": [0, 39]}]
+    assert logstore.json_attribute(ds.attrs, "conditions") == {
+        "N": 40, "sampling": "uniform", "lr": config.train.lr, "steps": 40, "batch": 8, "model": "tiny",
+        "wd": config.train.weight_decay, "n_finetune": 0, "seed": config.seed}
+    assert ds.attrs["condition_label"] == "uniform"
+
+
+def test_a_warmup_runs_store_holds_its_stages(tmp_path):
+    config, out = quick_run(tmp_path, "warm", "sampling.kind=warmup", "sampling.warmup_individuals=16",
+                            "sampling.warmup_epochs=2")
+    loop.train(config, out, torch.device("cpu"), progress=False)
+    attrs = logstore.open_run(out).attrs
+    assert logstore.json_attribute(attrs, "stages") == [  # 2 epochs of 16 at 8 per step: 4 steps
+        {"start": 0, "end": 4, "label": "warm-up on 16", "ranks": [0, 15]},
+        {"start": 4, "end": 40, "label": "uniform", "ranks": [0, 39]}]
+    assert logstore.json_attribute(attrs, "conditions")["warmup"] == 16
+    assert attrs["condition_label"] == "warm-up 16x2"
 
 
 def interrupt_at(step: int, monkeypatch):
