@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from phasefit.curve import Curve, estimate_noise
-from phasefit.detectors.base import Boundaries, Detector, label_knots
+from phasefit.detectors.base import Detector
+from phasefit.rules import Boundaries, label_knots
 
 SEARCHES = ("pelt", "binseg", "bottomup", "window", "dynp")
 COSTS = ("l2", "clinear")
