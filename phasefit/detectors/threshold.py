@@ -18,16 +18,11 @@ from phasefit.rules import Boundaries, rules_on, threshold_rules
 class ThresholdDetector(Detector):
     """Phase boundaries where the loss crosses bands around the baseline and the final level.
 
-    Parameters
+    Parameters (the defaults and why: docs/phasefit.md, "Defaults of the thresholds")
     ----------
-    t1_tol : relative band above B that counts as "at the baseline" (default 0.05: 5% of B,
-        about 0.34 nats at the study's B of 6.8; the approach to B is asymptotic, so t1 needs a
-        band, and 5% lies well above the noise of a population mean).
-    t2_tol : how far below B the loss must fall, for good, to end the plateau (default 0.02:
-        about 2% of the knowledge drop; small, so t2 marks where knowledge starts, within 1%
-        of the run of the regime change on the simulator's curves).
-    t3_tol : share of the knowledge drop B - E still to go at saturation (default 0.02: on a
-        drop straight in log-step, t3 then lies 2% of the drop's log-span before the corner).
+    t1_tol : relative band above B that counts as "at the baseline" (default 0.05).
+    t2_tol : how far below B the loss must fall, for good, to end the plateau (default 0.02).
+    t3_tol : share of the knowledge drop B - E still to go at saturation (default 0.02).
     tail : share of the run whose median loss is the final level E (default 0.05).
     smooth : running-median window in evaluations, or "auto": 1 (none) unless the noise
         exceeds a quarter of the narrowest band, then the smallest odd window that brings

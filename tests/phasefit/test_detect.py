@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import phasefit
-from phasefit.curves import population_curves
+from phasefit.summary import population_curves
 from phasefit.simulate import simulate, to_store
 
 JSON_FIELDS = {"run", "status", "t1", "t2", "t3", "plateau_length", "plateau_ci", "t2_ci", "final_accuracy",
