@@ -128,3 +128,17 @@ def test_sequential_groups_recover_learning_and_forgetting_times(sequential):
 def test_sequential_groups_of_another_run_give_one_reason():
     out = interventions.sequential_groups(simulate(n_individuals=100, n_heldout=10, n_evals=30))
     assert out["notes"] == ["not a sequential run: sampling.kind is 'uniform'"] and out["visits"] == []
+
+
+def test_sequential_groups_follow_the_stores_stages_and_older_stores_derive_them(sequential):
+    ds, _ = sequential
+    older = ds.copy()
+    del older.attrs["stages"]
+    assert interventions.sequential_groups(older)["visits"] == interventions.sequential_groups(ds)["visits"]
+    told = ds.copy()
+    told.attrs["stages"] = json.dumps([{"start": 0, "end": 600, "label": "a", "ranks": [150, 299]},
+                                       {"start": 600, "end": 1200, "label": "b", "ranks": [0, 149]}])
+    out = interventions.sequential_groups(told)
+    assert out["bounds"] == [0, 600, 1200] and out["n_groups"] == 2 and out["n_repeats"] == 1
+    assert [g["ranks"] for g in out["groups"]] == [[0, 149], [150, 299]]
+    assert [(v["visit"], v["group"]) for v in out["visits"]] == [(0, 1), (1, 0)]
