@@ -179,7 +179,7 @@ def bench_scaling(scale: Scale, report: Report) -> None:
 
 def bench_select(report: Report, seeds: int = 3) -> None:
     """Accuracy (error in % of the run, worst over scenarios) and time of each candidate."""
-    from phasefit.curves import population_curves, split_curve
+    from phasefit.summary import population_curves, split_curve
     from phasefit.detectors import ChangepointDetector, SegmentedFitDetector, ThresholdDetector
     from phasefit.simulate import truth
 

@@ -3,7 +3,9 @@
 Notebook entry points (imported on first use, so ``import phasefit`` and the command line
 stay fast):
 
-    phasefit.detect(ds_or_curve, method="auto", ...) -> Phases
+    phasefit.detect(ds_or_curve, method="auto", ...) -> Phases (the phases)
+    phasefit.analyse(ds_or_curve, ...) -> Phases (the phases and the intervention measures:
+        everything ``phasefit detect`` reports)
     phasefit.simulate(...) -> xarray.Dataset in the store schema, with known phases
     phasefit.population_curves(ds) -> Dataset (step, split, attribute)
     phasefit.ThresholdDetector, ChangepointDetector, SegmentedFitDetector, AutoDetector
@@ -17,9 +19,10 @@ from importlib import import_module
 _EXPORTS = {
     "detect": "phasefit.phases",
     "Phases": "phasefit.phases",
-    "phases_table": "phasefit.phases",
+    "analyse": "phasefit.analysis",
+    "phases_table": "phasefit.analysis",
     "Curve": "phasefit.curve",
-    "population_curves": "phasefit.curves",
+    "population_curves": "phasefit.summary",
     "simulate": "phasefit.simulate",
     "truth": "phasefit.simulate",
     "Detector": "phasefit.detectors",

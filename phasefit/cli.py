@@ -63,9 +63,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from phasefit.commands import detect_from_cli
+    from phasefit.commands import detect_runs
 
-    return detect_from_cli(args)
+    return detect_runs(args.runs_dir, method=args.method, n_boot=args.n_boot, as_json=args.json,
+                       scheduler=args.scheduler, curve=args.curve, baseline=args.baseline, workers=args.workers)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -88,6 +89,8 @@ def path_arg(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from phasefit.detectors import DETECTORS  # the names only: the classes load on use
+
     parser = argparse.ArgumentParser(prog="phasefit", description="Study how language models learn facts.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -121,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", help="measure phases per run, plus cross-run statistics")
     p.add_argument("runs_dir", type=path_arg, nargs="*", help="run directories or folders of runs")
     p.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
-    p.add_argument("--method", default="auto", help="detector: auto (default), threshold, changepoint or fit")
+    p.add_argument("--method", default="auto", help=f"detector: {', '.join(DETECTORS)} (default auto)")
     p.add_argument("--scheduler", help="address of a Dask scheduler to fan out the per-run work")
     p.add_argument("--curve", type=path_arg, help="CSV with step and loss columns (optionally accuracy) from any trainer")
     p.add_argument("--baseline", type=float, help="no-knowledge loss in nats, for --curve")

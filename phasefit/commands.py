@@ -6,6 +6,10 @@ condition, or repeat seeds, ``crossrun.json``. On the terminal a table (or, with
 JSON array of the per-run objects) and the cross-run fits. A run that cannot be read or
 analysed becomes a row whose notes say why; the exit code is then 1. Bad arguments (no such
 folder, unreadable curve file, unknown method) raise PhasefitError: one line, exit code 2.
+
+The way of a run: ``analyse_run`` opens its store (``phasefit.runs``) and calls
+``phasefit.analyse`` (the phases, then the intervention measures its kind calls for); the
+results are written and shown here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import sys
 from pathlib import Path
 
+from phasefit.detectors import DETECTORS
 from phasefit.errors import PhasefitError
 
 
@@ -24,7 +29,7 @@ def analyse_run(path: str, name: str, method: str = "auto", n_boot: int = 200, s
     A top-level function so that Dask workers (``--scheduler``) and process pools can run it.
     """
     from logstore import StoreError
-    from phasefit.phases import detect
+    from phasefit.analysis import analyse
     from phasefit.runs import open_run
 
     try:
@@ -32,7 +37,7 @@ def analyse_run(path: str, name: str, method: str = "auto", n_boot: int = 200, s
     except (StoreError, PhasefitError, OSError, ValueError, KeyError) as err:
         return _failed(name, method, f"unreadable store: {err}")
     try:
-        out = detect(ds, method, run=name, n_boot=n_boot, seed=seed).to_dict()
+        out = analyse(ds, method, run=name, n_boot=n_boot, seed=seed).to_dict()
     except StoreError as err:
         return _failed(name, method, f"unreadable store: {err}")
     except Exception as err:  # one run's problem must not stop the analysis of a sweep
@@ -119,48 +124,50 @@ def _write(path: Path, text: str, warn: list[str]) -> None:
 
 
 MIN_BOOT = 20  # fewer replicates cannot place a 95% interval's ends
-METHODS = ("auto", "threshold", "changepoint", "fit")  # phasefit.detectors.DETECTORS, without importing it
+METHODS = tuple(DETECTORS)
 
 
-def detect_from_cli(args) -> int:
-    """Entry point of ``phasefit detect`` (see cli.py for the arguments)."""
-    method = args.method
+def detect_runs(paths: list[str], *, method: str = "auto", n_boot: int = 200, as_json: bool = False,
+                scheduler: str | None = None, curve: str | None = None, baseline: float | None = None,
+                workers: int = 1) -> int:
+    """``phasefit detect PATHS...``: analyse every run below ``paths`` (and the CSV ``curve``
+    with its ``baseline``), print the table (or, ``as_json``, one JSON array), write the files
+    (see the module docstring); returns the exit code. Runs fan out over the Dask
+    ``scheduler`` or ``workers`` local processes."""
+    paths = list(paths)
     if method not in METHODS:
         raise PhasefitError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
-    n_boot = getattr(args, "n_boot", 200)
     if n_boot < 0 or 0 < n_boot < MIN_BOOT:
         raise PhasefitError(f"--n-boot {n_boot}: use 0 (no intervals) or at least {MIN_BOOT} replicates "
                             "for a 95% interval")
-    workers = getattr(args, "workers", 1)
     if workers < 1:
         raise PhasefitError(f"--workers {workers}: must be at least 1")
-    if args.baseline is not None and not args.curve:
+    if baseline is not None and not curve:
         raise PhasefitError("--baseline goes with --curve FILE.csv (a store carries its own baseline)")
-    if not args.runs_dir and not args.curve:
+    if not paths and not curve:
         raise PhasefitError("nothing to analyse: give RUNS_DIR... or --curve FILE.csv --baseline B")
-    for raw in args.runs_dir:  # before the heavy imports: a typo answers at once
+    for raw in paths:  # before the heavy imports: a typo answers at once
         if not Path(raw).exists():
             raise PhasefitError(f"{raw}: no such run or folder")
-    if args.curve and args.baseline is None:
-        raise PhasefitError(f"{args.curve}: --curve needs --baseline (the no-knowledge loss in nats)")
+    if curve and baseline is None:
+        raise PhasefitError(f"{curve}: --curve needs --baseline (the no-knowledge loss in nats)")
 
     results: list[dict] = []
     warn: list[str] = []
-    if args.curve:
+    if curve:
         from phasefit.curve import Curve
         from phasefit.phases import detect
 
-        curve = Curve.from_csv(args.curve, args.baseline)
-        results.append(detect(curve, method, run=Path(args.curve).name).to_dict())
+        results.append(detect(Curve.from_csv(curve, baseline), method, run=Path(curve).name).to_dict())
 
-    runs = _runs(args.runs_dir)
-    if args.runs_dir and not runs:
-        print(f"phasefit: no runs in {', '.join(args.runs_dir)}", file=sys.stderr)
-    run_results = _analyse_all(runs, method, n_boot, args.scheduler, workers) if runs else []
+    runs = _runs(paths)
+    if paths and not runs:
+        print(f"phasefit: no runs in {', '.join(paths)}", file=sys.stderr)
+    run_results = _analyse_all(runs, method, n_boot, scheduler, workers) if runs else []
     results.extend(run_results)
 
+    from phasefit.analysis import phases_table
     from phasefit.crossrun import crossrun
-    from phasefit.phases import phases_table
 
     for (name, path, _), result in zip(runs, run_results):
         _write(path / "phases.json", json.dumps(result, indent=1, default=_json_default) + "\n", warn)
@@ -175,7 +182,7 @@ def detect_from_cli(args) -> int:
         if here is not None and not here.empty():
             _write(folder / "crossrun.json", json.dumps(here.to_dict(), indent=1, default=_json_default) + "\n", warn)
 
-    if args.json:
+    if as_json:
         print(json.dumps([{k: v for k, v in r.items() if k != "error"} for r in results], default=_json_default))
     else:
         print(format_table(results))

@@ -22,6 +22,7 @@ import pandas as pd
 
 from logstore.runs import flatten_config as flatten
 from phasefit.bootstrap import seed_interval
+from phasefit.runs import condition_label, conditions
 
 QUANTITIES = ("t1", "t2", "t3", "plateau_length", "final_accuracy", "hallucination_onset")
 CI_FIELD = {"plateau_length": "plateau_ci"}
@@ -132,8 +133,10 @@ def _frame(phases) -> pd.DataFrame:
         if kind == "uniform":  # uniform sampling is the power law with alpha = 0
             flat["sampling.kind"], flat["sampling.alpha"] = "power_law", 0.0
         sampling = tuple(k for k in flat if k.startswith("sampling."))
+        # The label the run's store gives (a phases.json of before it did: its conditions').
+        label = d.get("condition_label") or condition_label(d.get("conditions") or conditions(config))
         row = {"run": d.get("run"), "status": d.get("status"), "config": flat, "kind": kind,
-               "condition": _label(flat, kind), "match": _key(flat, sampling),
+               "condition": label, "match": _key(flat, sampling),
                "N": flat.get("world.n_individuals"), "alpha": flat.get("sampling.alpha"), "seed": flat.get("seed")}
         for q in QUANTITIES:
             row[q] = d.get(q)
@@ -141,18 +144,6 @@ def _frame(phases) -> pd.DataFrame:
             row[f"{q}_lo"], row[f"{q}_hi"] = ci if ci else (None, None)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _label(flat: dict, kind: str) -> str:
-    """The sampling condition in words: uniform, power_law alpha=0.6, warmup 4000x2, ..."""
-    get = flat.get
-    if kind == "power_law" and get("sampling.alpha") is not None:
-        return f"power_law alpha={get('sampling.alpha'):g}"
-    if kind == "celebrities" and get("sampling.celebrities") is not None:
-        return f"celebrities {get('sampling.celebrities')}x{get('sampling.celebrity_weight', 1):g}"
-    if kind == "warmup" and get("sampling.warmup_individuals") is not None:
-        return f"warmup {get('sampling.warmup_individuals')}x{get('sampling.warmup_epochs', 1):g}"
-    return kind
 
 
 def _key(flat: dict, without: tuple = ()) -> str:

@@ -155,18 +155,6 @@ def estimate_noise(curve: Curve) -> float:
     return float(1.4826 * np.median(np.abs(scaled)))
 
 
-def interpolate_crossing(curve: Curve, i: int, level: float) -> float:
-    """Step where the loss crosses ``level`` between evaluations i and i + 1.
-
-    Linear on the log-step axis; returns step i + 1 itself when the two losses are equal.
-    """
-    x, y = curve.log_step, curve.loss
-    if i + 1 >= len(y) or y[i + 1] == y[i]:
-        return float(curve.step[min(i + 1, len(y) - 1)])
-    f = np.clip((level - y[i]) / (y[i + 1] - y[i]), 0.0, 1.0)
-    return float(np.expm1(x[i] + f * (x[i + 1] - x[i])))
-
-
 def smooth_for_band(curve: Curve, band: float, window: int | str = "auto", max_window: int = 15) -> tuple[Curve, int]:
     """Running-median smoothing so that the noise stays below a quarter of ``band`` (nats).
 

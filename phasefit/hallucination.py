@@ -5,8 +5,9 @@ over-confidence. The onset is the step from which the held-out loss stays above 
 F + tol B for good (interpolated between evaluations, log-step axis), the floor F being the
 baseline, or the held-out loss's lowest level when it never comes down to the baseline (a
 small model on a small world already guesses from name tokens it shares with trained
-individuals). Its lag is onset - t2, and the confidence gap is the held-out minus trained mean of top_prob (probability of the top
-token at the value's first token) and of entropy (nats) at every evaluation.
+individuals). Its lag is onset - t2, and the confidence gap is the held-out minus trained
+mean of top_prob (probability of the top token at the value's first token) and of entropy
+(nats) at every evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from phasefit.curve import Curve, largest_window, smooth_for_band
+from phasefit.rules import crossing
 
 
 @dataclass
@@ -62,13 +64,7 @@ def onsets(curve: Curve, L: np.ndarray, tol: float) -> np.ndarray:
     at_base = L <= level[:, None]
     last = n - 1 - at_base[:, ::-1].argmax(axis=1)
     found = at_base.any(axis=1) & (last < n - 1)
-    i = np.clip(last, 0, n - 2)
-    rows = np.arange(len(L))
-    y0, y1 = L[rows, i], L[rows, i + 1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f = np.clip(np.nan_to_num((level - y0) / (y1 - y0), nan=1.0), 0.0, 1.0)
-    x = curve.log_step
-    return np.where(found, np.expm1(x[i] + f * (x[i + 1] - x[i])), np.nan)
+    return np.where(found, np.expm1(crossing(curve.log_step, L, last, level)), np.nan)
 
 
 def confidence_gap(individual: xr.Dataset) -> xr.Dataset:

@@ -1,10 +1,11 @@
 """Intervention runs: fine-tuning on new individuals, attention patching, sequential groups.
 
-Each measure reads a run's store (or the ``Summary`` that ``detect`` already made of it) and
-answers one of the study's questions (PAPER.md claims 3 and 7). Steps are training steps of
-the run itself (a fine-tuning run counts from 0, the pretrained model). The crossings here
-are read on short spans after an event (the start of fine-tuning, of a visit), so they are
-interpolated linearly in step, not in log-step as the phase boundaries are.
+Each measure reads a run's store (or the ``Summary`` that ``detect`` already made of it, when
+``phasefit.analyse`` combines them) and answers one of the study's questions (docs/study.md,
+claims 3 and 7). Steps are training steps of the run itself (a fine-tuning run counts from 0,
+the pretrained model). The crossings here are read on short spans after an event (the start
+of fine-tuning, of a visit), so they are interpolated linearly in step
+(``phasefit.rules.crossing`` on the steps), not in log-step as the phase boundaries are.
 
 - **Fine-tuning** (``finetune_effects``): the old individuals (split ``train``, known at step
   0) against the new ones (split ``finetune``). With a(t) the old accuracy, a0 = a(first
@@ -20,7 +21,9 @@ interpolated linearly in step, not in log-step as the phase boundaries are.
   detector and intervals) of a patched run next to that of its reference run, and the
   differences patched minus reference with percentile intervals over paired replicates.
 - **Sequential groups** (``sequential_groups``): the accuracy curve of each group, and per
-  visit the steps the visited group takes to learn and, after the visit, to forget.
+  visit the steps the visited group takes to learn and, after the visit, to forget. The
+  visits are the stages of the run's sampling schedule (the store's ``stages``), the group of
+  a visit the train individuals of its rank range.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import numpy as np
 import xarray as xr
 
 from phasefit import bootstrap, facts
-from phasefit.curves import population_curves
-from phasefit.runs import is_run, open_run, run_config
-from phasefit.summary import Summary, summarise
+from phasefit.phases import detect
+from phasefit.rules import crossing
+from phasefit.runs import RunInfo, is_run, open_run, run_info
+from phasefit.summary import Summary, population_curves, summarise
 
 
 def _dataset(source) -> xr.Dataset:
@@ -55,12 +59,7 @@ def first_crossing(steps: np.ndarray, values: np.ndarray, level: np.ndarray) -> 
     step itself if it starts there; NaN if it never gets there. For a rise, negate both."""
     below = values <= level[:, None]
     k = below.argmax(axis=1)
-    rows = np.arange(len(values))
-    previous = np.maximum(k - 1, 0)
-    y0, y1 = values[rows, previous], values[rows, k]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f = np.where(k > 0, np.clip((y0 - level) / (y0 - y1), 0.0, 1.0), 0.0)
-    step = steps[previous] + f * (steps[k] - steps[previous])
+    step = np.where(k > 0, crossing(steps, values, k - 1, level), steps[0])
     return np.where(below.any(axis=1), step, np.nan)
 
 
@@ -107,17 +106,18 @@ def finetune_effects(source, n_boot: int = 200, level: float = 0.95, seed: int =
     is missing). Definitions: the module docstring and docs/phasefit.md.
     """
     ds = _dataset(source)
-    return finetune_measures(ds, summarise(ds), n_boot, level, seed)
+    return finetune_measures(ds, run_info(ds), summarise(ds), n_boot, level, seed)
 
 
-def finetune_measures(ds: xr.Dataset, summary: Summary, n_boot: int = 200, level: float = 0.95,
+def finetune_measures(ds: xr.Dataset, info: RunInfo, summary: Summary, n_boot: int = 200, level: float = 0.95,
                       seed: int = 0) -> dict:
-    """``finetune_effects`` from the run's ``Summary`` (``detect`` passes the one it made)."""
+    """``finetune_effects`` from the run's attributes and ``Summary`` (``analyse`` passes those
+    ``detect`` read and made)."""
     split = ds["split"].values
     out = {key: None for m in FINETUNE_MEASURES for key in (m, f"{m}_ci")}
     out.update(old_accuracy_min=None, old_accuracy_min_step=None, new_acquired=None,
                n_old=int((split == "train").sum()), n_new=int((split == "finetune").sum()),
-               replay_weight=run_config(ds).get("sampling", {}).get("replay_weight"), notes=[])
+               replay_weight=(info.config.get("sampling") or {}).get("replay_weight"), notes=[])
     if out["n_new"] == 0:
         out["notes"].append("no finetune split: the store has no new individuals, so this is not a fine-tuning run")
         return out
@@ -190,10 +190,8 @@ def patching_effect(source, n_boot: int = 200, level: float = 0.95, seed: int = 
     of each), ``t2_difference`` and ``plateau_difference`` (patched minus reference, steps)
     with ``*_ci``, ``paired`` and ``notes``. Both runs are measured by ``detect`` with ``method``.
     """
-    from phasefit.phases import detect
-
     ds = _dataset(source)
-    phases = detect(ds, method, n_boot=n_boot, level=level, seed=seed, per_fact=False, compare_reference=False)
+    phases = detect(ds, method, n_boot=n_boot, level=level, seed=seed, per_fact=False)
     return compare_with_reference(phases, ds, n_boot, level, seed, method)[0]
 
 
@@ -205,9 +203,8 @@ def compare_with_reference(phases, ds: xr.Dataset, n_boot: int = 200, level: flo
                            method="auto", **params):
     """(the ``patching_effect`` dict, the reference run's ``Phases`` or None), from the
     ``Phases`` of a patched run and its Dataset; reads the reference run and measures it with
-    the same ``method`` and detector ``params`` (``detect`` calls this)."""
+    the same ``method`` and detector ``params`` (``analyse`` calls this)."""
     from logstore import StoreError
-    from phasefit.phases import detect
 
     patch = phases.config.get("patch") or {}
     out = {"reference": patch.get("reference") or None, "reference_step": patch.get("reference_step"),
@@ -231,7 +228,7 @@ def compare_with_reference(phases, ds: xr.Dataset, n_boot: int = 200, level: flo
     # in every replicate of both (a paired bootstrap); otherwise they are drawn independently.
     out["paired"] = bool(np.array_equal(_train_ids(ds), _train_ids(ref_ds)))
     ref = detect(ref_ds, method, n_boot=n_boot, level=level, seed=seed if out["paired"] else seed + 1,
-                 run=path.name, per_fact=False, compare_reference=False, **params)
+                 run=path.name, per_fact=False, **params)
     out["reference_run"] = {k: getattr(ref, k) for k in PLATEAU_FIELDS}
     out["notes"].extend(f"reference: {note}" for note in ref.notes)
     step = out["reference_step"]
@@ -257,14 +254,21 @@ def _replicate(table: xr.DataArray, name: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- sequential groups
 
-def group_of(ds: xr.Dataset, n_groups: int) -> np.ndarray:
-    """Each individual's group (-1 outside the train split): the train individuals sorted by
-    rank and split with ``np.array_split`` into ``n_groups``, as the trainer does."""
-    train = np.flatnonzero(ds["split"].values == "train")
-    by_rank = train[np.argsort(ds["rank"].values[train], kind="stable")]
+def visit_groups(stages: list[dict]) -> tuple[list[tuple[int, int]], list[int | None]]:
+    """The groups of a sequential schedule: the distinct rank ranges its stages sample, sorted
+    ([lowest, highest] train-split ranks), and the group of each stage (None for a stage
+    sampling outside the train split)."""
+    ranges = sorted({tuple(s["ranks"]) for s in stages if s.get("ranks")})
+    return ranges, [ranges.index(tuple(s["ranks"])) if s.get("ranks") else None for s in stages]
+
+
+def group_of(ds: xr.Dataset, ranges: list[tuple[int, int]]) -> np.ndarray:
+    """Each individual's group (-1 outside the train split and outside every range): the
+    index of the rank range it falls in."""
+    rank, train = ds["rank"].values, ds["split"].values == "train"
     group = np.full(ds.sizes["individual"], -1)
-    for g, members in enumerate(np.array_split(by_rank, n_groups)):
-        group[members] = g
+    for g, (low, high) in enumerate(ranges):
+        group[train & (rank >= low) & (rank <= high)] = g
     return group
 
 
@@ -292,47 +296,46 @@ def sequential_groups(source) -> dict:
     of ``group_curves``). Definitions: docs/phasefit.md.
     """
     ds = _dataset(source)
-    return sequential_measures(ds, summarise(ds))
+    return sequential_measures(ds, run_info(ds), summarise(ds))
 
 
-def sequential_measures(ds: xr.Dataset, summary: Summary) -> dict:
-    """``sequential_groups`` from the run's ``Summary`` (``detect`` passes the one it made)."""
-    config = run_config(ds)
-    sampling = config.get("sampling", {})
-    n_groups, n_repeats = int(sampling.get("n_groups", 1)), int(sampling.get("n_repeats", 1))
+def sequential_measures(ds: xr.Dataset, info: RunInfo, summary: Summary) -> dict:
+    """``sequential_groups`` from the run's attributes and ``Summary`` (``analyse`` passes
+    those ``detect`` read and made)."""
+    ranges, groups = visit_groups(info.stages)
+    n_groups = len(ranges)
+    n_repeats = max((groups.count(g) for g in range(n_groups)), default=0)
     out = {"n_groups": n_groups, "n_repeats": n_repeats, "bounds": [], "groups": [], "visits": [],
            "median_learn_steps": None, "median_forget_steps": None, "notes": [], "curves": None}
-    if sampling.get("kind") != "sequential":
-        out["notes"].append(f"not a sequential run: sampling.kind is {sampling.get('kind', 'uniform')!r}")
+    kind = info.conditions.get("sampling", "uniform")
+    if kind != "sequential":
+        out["notes"].append(f"not a sequential run: sampling.kind is {kind!r}")
         return out
-    n_steps = config.get("train", {}).get("steps")
-    if not n_steps or ds.sizes.get("step", 0) < 2:
-        out["notes"].append("no train.steps in the config or fewer than 2 evaluations: no visits to measure")
+    if not n_groups or ds.sizes.get("step", 0) < 2:
+        out["notes"].append("no visits in the run's stages or fewer than 2 evaluations: no visits to measure")
         return out
-    group = group_of(ds, n_groups)
+    group = group_of(ds, ranges)
     curves = group_curves(summary, group, n_groups)
     out["curves"] = curves
     rank = ds["rank"].values
     out["groups"] = [{"group": g, "n_individuals": int((group == g).sum()),
                       "ranks": [int(rank[group == g].min()), int(rank[group == g].max())] if (group == g).any() else None}
                      for g in range(n_groups)]
-    visits = n_groups * n_repeats
-    bounds = np.linspace(0, n_steps, visits + 1).round()
-    out["bounds"] = bounds.astype(int).tolist()
+    stages = info.stages
+    out["bounds"] = [int(st["start"]) for st in stages] + [int(stages[-1]["end"])]
     last = float(ds["step"].values[-1])
-    for v in range(visits):
-        start, end = float(bounds[v]), float(bounds[v + 1])
-        if end <= start or start >= last:
+    for v, (stage, g) in enumerate(zip(stages, groups)):
+        start, end = float(stage["start"]), float(stage["end"])
+        if g is None or end <= start or start >= last:
             continue
-        g = v % n_groups
         steps, acc = _finite(curves["accuracy"].sel(group=g))
         others = [k for k in range(n_groups) if k != g]
-        row = {"visit": v, "group": g, "repeat": v // n_groups, "start": start, "end": end,
+        row = {"visit": v, "group": g, "repeat": groups[:v].count(g), "start": start, "end": end,
                "accuracy_start": [_at(curves, k, start) for k in range(n_groups)],
                "accuracy_end": [_at(curves, k, end) for k in range(n_groups)],
                "learn_steps": _half_way(steps, acc, start, end, rising=True),
                "forget_steps": None, "others_drop": None}
-        following = float(bounds[v + n_groups]) if v + n_groups < visits else last
+        following = next((float(stages[w]["start"]) for w in range(v + 1, len(stages)) if groups[w] == g), last)
         if following > end:
             row["forget_steps"] = _half_way(steps, acc, end, min(following, last), rising=False)
         if others:

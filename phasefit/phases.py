@@ -5,6 +5,8 @@ bootstrap intervals over individuals for every boundary, the plateau length and 
 accuracy, per-fact acquisition with decile summaries, and the hallucination onset with its
 own interval (over held-out individuals). From a plain curve (DataArray, Series or
 ``Curve``) with its baseline: the boundaries only, since there are no individuals to resample.
+The intervention measures (fine-tuning, patching, sequential groups) build on this:
+``phasefit.analysis.analyse``.
 """
 
 from __future__ import annotations
@@ -15,19 +17,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 from scipy.ndimage import median_filter
 
-from phasefit import bootstrap, facts, interventions
+from phasefit import bootstrap, facts
 from phasefit.curve import Curve, estimate_noise
-from phasefit.curves import population_curves, run_length, split_curve
-from phasefit.detectors import Detector, make_detector
+from phasefit.detectors import make_detector
+from phasefit.detectors.base import Detector
 from phasefit.hallucination import confidence_gap, onset, onsets
-from phasefit.runs import conditions, open_run, run_config, run_name
-from phasefit.summary import summarise
+from phasefit.rules import BOUNDARIES
+from phasefit.runs import RunInfo, open_run, run_info
+from phasefit.summary import Summary, population_curves, split_curve, summarise
 
-BOUNDARIES = ("t1", "t2", "t3")
+MIN_EVALUATIONS = 3  # fewer finite evaluations cannot show phases
+FROM_TRAINED = "its trained individuals are known from step 0, so their curve has no phases (t1, t2, t3)"
 
 
 @dataclass
@@ -61,12 +64,14 @@ class Phases:
     last_step: float | None = None  # last committed evaluation
     complete: bool = True
     conditions: dict = field(default_factory=dict)  # N, sampling, alpha, lr, ..., seed
+    condition_label: str | None = None  # the sampling condition in words ("power law alpha=0.7")
     config: dict = field(default_factory=dict)  # the run's resolved configuration
     sources: dict = field(default_factory=dict)  # boundary -> detector that supplied it
     estimates: dict = field(default_factory=dict)  # detector -> {t1, t2, t3}
     diagnostics: dict = field(default_factory=dict)
     acquisition_by_decile: list = field(default_factory=list)
     acquisition_by_attribute: list = field(default_factory=list)
+    # Filled by phasefit.analyse (None otherwise and for other runs):
     finetune: dict | None = None  # fine-tuning runs: interventions.finetune_effects
     patching: dict | None = None  # patched runs: interventions.patching_effect
     sequential: dict | None = None  # sequential runs: interventions.sequential_groups (without curves)
@@ -127,7 +132,7 @@ def _ci(values: np.ndarray, exists: bool, level: float) -> list | None:
 
 def detect(data, method: str | Detector = "auto", *, baseline: float | None = None, n_boot: int = 200,
            level: float = 0.95, seed: int = 0, run: str | None = None, per_fact: bool = True,
-           hallucination_tol: float = 0.02, compare_reference: bool = True, **params) -> Phases:
+           hallucination_tol: float = 0.02, **params) -> Phases:
     """Measure the phases of a run or of a plain loss curve.
 
     ``data``: a store Dataset (``logstore.open_run`` or ``phasefit.simulate``), a run folder,
@@ -137,20 +142,18 @@ def detect(data, method: str | Detector = "auto", *, baseline: float | None = No
     ``n_boot`` bootstrap replicates over individuals give the ``level`` intervals (0: none);
     ``per_fact`` adds acquisition steps and their summaries; ``hallucination_tol`` is the
     band above the baseline the held-out loss must leave for good (default 2%). ``run``
-    names the result (default: the run's folder, else its config's ``name``).
-
-    Intervention runs (``phasefit.interventions``) get their own measures: a fine-tuning run
-    (``sampling.kind = "finetune"``) has no phases (its trained individuals are known from
-    step 0) and gets ``finetune``; a sequential run gets ``sequential`` and ``groups``; a
-    patched run (``patch.reference``) gets ``patching`` and ``reference`` (the reference
-    run, read and measured too, unless ``compare_reference`` is False).
+    names the result (default: the run's folder, else its config's ``name``). A run that
+    starts from a trained model (``train.init_from``) has no phases: its trained individuals
+    are known from step 0. Definitions and defaults: docs/phasefit.md.
     """
     if isinstance(data, (str, Path)):
         data = open_run(data)
     if not isinstance(data, xr.Dataset):
         curve = data if isinstance(data, Curve) else Curve.from_series(data, baseline)
         return _detect_curve(curve, method, run or getattr(data, "name", None) or "curve", params)
-    return _detect_run(data, method, n_boot, level, seed, run, per_fact, hallucination_tol, compare_reference, params)
+    phases, _ = detect_run(data, run_info(data, run), method, n_boot=n_boot, level=level, seed=seed,
+                           per_fact=per_fact, hallucination_tol=hallucination_tol, **params)
+    return phases
 
 
 def _boundaries_into(phases: Phases, detector: Detector) -> None:
@@ -183,34 +186,35 @@ def _detect_curve(curve: Curve, method, run: str, params: dict) -> Phases:
     return phases
 
 
-def _detect_run(ds, method, n_boot, level, seed, run, per_fact, tol, compare_reference, params) -> Phases:
-    config = run_config(ds)
-    status = str(ds.attrs.get("status", "complete"))
+def detect_run(ds: xr.Dataset, info: RunInfo, method: str | Detector = "auto", *, n_boot: int = 200,
+               level: float = 0.95, seed: int = 0, per_fact: bool = True, hallucination_tol: float = 0.02,
+               **params) -> tuple[Phases, Summary | None]:
+    """``detect`` of a store Dataset whose attributes were read (``run_info``), and the
+    ``Summary`` of its records the phases were measured from, for measures that build on it
+    (``analyse``); None when the run has too little to measure (the notes say why)."""
     baseline = float(np.mean(np.asarray(ds["baseline"].values, dtype=float))) if "baseline" in ds else None
-    source = ds.encoding.get("source")  # the store's path, for a Dataset of logstore.open_run
-    run = run or (run_name(source) if source else config.get("name")) or "run"
-    phases = Phases(run=run, status=status, method=getattr(method, "name", method),
-                    baseline=baseline, n_steps=run_length(ds), complete=status == "complete",
-                    conditions=conditions(config), config=config)
+    phases = Phases(run=info.name, status=info.status, method=getattr(method, "name", method), baseline=baseline,
+                    n_steps=info.n_steps, complete=info.status == "complete", conditions=dict(info.conditions),
+                    condition_label=info.condition_label, config=info.config)
     n_eval = ds.sizes.get("step", 0)
     if n_eval == 0 or ds.sizes.get("individual", 0) == 0:
         phases.notes.append("no committed evaluation steps" if n_eval == 0 else "no individuals in the store")
-        return phases
+        return phases, None
     phases.last_step = float(ds["step"].values[-1])
-    if status == "running":
+    if info.status == "running":
         phases.notes.append(f"incomplete: still running, analysed on its {n_eval} committed evaluations "
                             f"(to step {phases.last_step:.0f} of {phases.n_steps or 0:.0f})")
-    elif status == "failed":
+    elif info.status == "failed":
         phases.notes.append(f"run failed: analysed on its {n_eval} committed evaluations (to step {phases.last_step:.0f})")
 
     summary = summarise(ds)
     phases.curves = population_curves(summary)
     curve = split_curve(ds, phases.curves)
     phases.curve = curve
-    if len(curve.step) < 3:
+    if len(curve.step) < MIN_EVALUATIONS:
         phases.notes.append("train loss is NaN at every evaluation" if len(curve.step) == 0 else
                             f"only {len(curve.step)} evaluations with a finite train loss: too few to find phases")
-        return phases
+        return phases, None
     dropped = int(np.sum(phases.curves["step"].values <= curve.step[-1])) - len(curve.step)
     if dropped > 0:
         phases.notes.append(f"{dropped} evaluations had no finite train loss and were skipped")
@@ -218,13 +222,9 @@ def _detect_run(ds, method, n_boot, level, seed, run, per_fact, tol, compare_ref
     phases.final_accuracy = float(curve.accuracy[-1]) if np.isfinite(curve.accuracy[-1]) else None
 
     rng = np.random.default_rng(seed)
-    sampling = config.get("sampling", {}).get("kind")
-    if sampling == "finetune":
-        phases.finetune = interventions.finetune_measures(ds, summary, n_boot, level, seed)
-        phases.final_accuracy_ci = phases.finetune["old_accuracy_final_ci"]
+    if info.init_from:
         phases.diagnostics.update(n_boot=n_boot, level=level)
-        phases.notes.append("fine-tuning run: its trained individuals are known from step 0, so their curve has "
-                            "no phases (t1, t2, t3); see finetune")
+        phases.notes.append(f"started from a trained model ({info.init_from}): {FROM_TRAINED}")
     else:
         detector = make_detector(method, **params).fit(curve)
         _boundaries_into(phases, detector)
@@ -233,20 +233,14 @@ def _detect_run(ds, method, n_boot, level, seed, run, per_fact, tol, compare_ref
                               plateau_accuracy=_mean_between(curve, phases.t1, phases.t2),
                               n_train=int((ds["split"].values == "train").sum()),
                               n_heldout=int((ds["split"].values == "heldout").sum()))
-    _hallucination(phases, ds, summary, n_boot, rng, level, tol)
+    _hallucination(phases, ds, summary, n_boot, rng, level, hallucination_tol)
     if per_fact and "correct" in ds:
         acq = facts.acquisition(ds, summary)
         phases.acquisition = acq
         phases.acquisition_by_decile = facts.by_decile(acq).to_dict("records")
         phases.acquisition_by_attribute = facts.by_attribute(acq).to_dict("records")
         phases.acquired_fraction = facts.acquired_fraction(acq, ds["step"].values)
-    if sampling == "sequential":
-        phases.sequential = interventions.sequential_measures(ds, summary)
-        phases.groups = phases.sequential.pop("curves")
-    if compare_reference and (config.get("patch") or {}).get("reference"):
-        phases.patching, phases.reference = interventions.compare_with_reference(
-            phases, ds, n_boot, level, seed, method, **params)
-    return phases
+    return phases, summary
 
 
 def _intervals(phases: Phases, detector: Detector, summary, curve: Curve, n_boot: int, rng, level: float) -> None:
@@ -303,28 +297,3 @@ def _mean_between(curve: Curve, a: float | None, b: float | None) -> float | Non
         return None
     inside = (curve.step >= a) & (curve.step <= b)
     return float(np.nanmean(curve.accuracy[inside])) if inside.any() else None
-
-
-def phases_table(all_phases: list[Phases]) -> pd.DataFrame:
-    """One row per run: the JSON fields flattened (intervals as _lo/_hi columns)."""
-    rows = []
-    for p in all_phases:
-        d = p.to_dict() if isinstance(p, Phases) else dict(p)
-        row = {"run": d["run"], "status": d["status"], "method": d["method"]}
-        row.update({f"cond_{k}": v for k, v in (d.get("conditions") or {}).items()})
-        for key in ("t1", "t2", "t3", "plateau_length", "final_accuracy", "hallucination_onset"):
-            row[key] = d.get(key)
-            ci = d.get({"plateau_length": "plateau_ci"}.get(key, f"{key}_ci"))
-            row[f"{key}_lo"], row[f"{key}_hi"] = (ci if ci else (None, None))
-        row["hallucination_lag"] = d.get("hallucination_lag")
-        finetune, patching = d.get("finetune") or {}, d.get("patching") or {}
-        for key in ("collapse_step", "collapse_depth", "new_acquisition_step"):
-            row[f"finetune_{key}"] = finetune.get(key)
-            row[f"finetune_{key}_lo"], row[f"finetune_{key}_hi"] = finetune.get(f"{key}_ci") or (None, None)
-        for key in ("t2_difference", "plateau_difference"):
-            row[f"patching_{key}"] = patching.get(key)
-            row[f"patching_{key}_lo"], row[f"patching_{key}_hi"] = patching.get(f"{key}_ci") or (None, None)
-        row["final_loss"] = d.get("final_loss")
-        row["notes"] = "; ".join(d.get("notes") or [])
-        rows.append(row)
-    return pd.DataFrame(rows)

@@ -1,11 +1,14 @@
 """A simulator of fact-learning runs with known phases, in the store's schema.
 
 ``simulate(...)`` returns an ``xarray.Dataset`` laid out exactly like ``logstore.open_run``
-(DESIGN.md, schema_version 1), so detectors, benchmarks and report pages can be exercised
-without a trainer. The ground truth travels with it: ``ds.attrs["simulation"]`` (JSON: the
-parameters and the true t1, t2, t3, plateau length and hallucination onset, in training
-steps) and the simulator-only variable ``true_acquisition(individual, attribute)`` (the step
-at which each fact becomes and stays correct; NaN when never, and outside the train split).
+(docs/logstore.md, schema_version 1), with the attributes the trainer writes (stages,
+conditions, condition_label) for the configuration it records, so detectors, benchmarks and
+report pages can be exercised without a trainer. A test that changes that configuration
+after the fact sets it with ``set_config``, which keeps those attributes in step. The ground
+truth travels with it: ``ds.attrs["simulation"]`` (JSON: the parameters and the true t1, t2,
+t3, plateau length and hallucination onset, in training steps) and the simulator-only
+variable ``true_acquisition(individual, attribute)`` (the step at which each fact becomes and
+stays correct; NaN when never, and outside the train split).
 
 The expected population loss is piecewise linear in log(step) with corners at the true
 boundaries:
@@ -37,7 +40,8 @@ import numpy as np
 import xarray as xr
 from scipy.special import ndtr
 
-from logstore.schema import ATTRIBUTES, SCHEMA_VERSION
+from logstore.schema import ATTR_CONDITION_LABEL, ATTR_CONDITIONS, ATTR_STAGES, ATTRIBUTES, SCHEMA_VERSION
+from phasefit.runs import trainer_attributes
 
 # Number of possible values per attribute; the baseline is log of it (uniform values).
 N_VALUES = {"birth_date": 31 * 12 * 201, "birth_city": 800, "university": 200, "major": 100,
@@ -200,7 +204,7 @@ def simulate(
               "eval": {"n_evals": n_evals, "subset": eval_subset, "n_full": n_full}}
     split = np.where(is_train, "train", "heldout")
     dims3 = ("step", "individual", "attribute")
-    return xr.Dataset(
+    ds = xr.Dataset(
         {
             "loss": (dims3, loss),
             "correct": (dims3, correct),
@@ -225,13 +229,25 @@ def simulate(
         },
         attrs={
             "schema_version": SCHEMA_VERSION,
-            "config": json.dumps(config, sort_keys=True),
             "status": status,
             "committed_steps": n_t,
             "package_version": "simulated",
             "simulation": json.dumps({"params": params, "truth": truth}, sort_keys=True),
         },
     )
+    set_config(ds, config)
+    return ds
+
+
+TRAINER_ATTRIBUTES = (ATTR_STAGES, ATTR_CONDITIONS, ATTR_CONDITION_LABEL)
+
+
+def set_config(ds: xr.Dataset, config: dict) -> xr.Dataset:
+    """Record ``config`` as the simulated run's configuration, with the stages, conditions and
+    condition label a trainer would write for it (in place; returns ``ds``)."""
+    ds.attrs["config"] = json.dumps(config, sort_keys=True)
+    ds.attrs.update(trainer_attributes(config, int((ds["split"].values == "train").sum())))
+    return ds
 
 
 def _normal_quantiles(n: int) -> np.ndarray:
@@ -265,7 +281,7 @@ def to_store(ds: xr.Dataset, run_dir, status: str | None = None, committed: int 
     writer = RunWriter.create(run_dir / "metrics.zarr", individual=ds["individual"].values, split=ds["split"].values,
                               rank=ds["rank"].values, baseline=ds["baseline"].values, n_layers=ds.sizes["layer"],
                               n_heads=ds.sizes["head"], config=ds.attrs["config"], package_version="simulated",
-                              fsync=fsync)
+                              attributes={k: ds.attrs[k] for k in TRAINER_ATTRIBUTES if k in ds.attrs}, fsync=fsync)
     names = ("loss", "correct", "top_prob", "entropy", "exposures", "attn_name_to_name", "attn_value_to_name",
              "attn_sharpness")
     for k, step in enumerate(ds["step"].values):

@@ -13,6 +13,13 @@ current one is reduced), and keeps:
   correct (-1 if it never does), found by a running scan over blocks, with no loop over facts.
 
 A fact not evaluated at a step has loss NaN; its other fields are ignored there.
+
+From the sums, the population curves (``population_curves``) and the curve the phases are
+read from (``split_curve``): L(t), the mean attribute loss of the trained individuals, is the
+sum of loss over every evaluated train fact at step t divided by their number (pooled over
+attributes; where everyone is evaluated this equals the mean over attributes of the
+per-attribute means). Held-out individuals give the hallucination curve. The means
+themselves are computed in one place, ``logstore.population``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
+
+from logstore.population import curves_from_sums
+from logstore.population import population_curves as store_curves
+from phasefit.curve import Curve
+from phasefit.runs import run_length
 
 FACT_VARIABLES = ("loss", "correct", "top_prob", "entropy")
 BLOCK_ELEMENTS = 1 << 22  # facts x steps per block when the dataset is in memory
@@ -145,3 +157,29 @@ def _scan_acquisition(bad: np.ndarray, good: np.ndarray, k0: int, acquired: np.n
     earliest = (after * (n + 1 - position)).max(axis=0)  # n - index of the first such step; 0: none
     first = np.where(earliest > 0, k0 + n - earliest, -1).astype(np.int16)
     np.copyto(acquired, first, where=(last_bad > 0) | (acquired < 0))
+
+
+def population_curves(source: xr.Dataset | Summary) -> xr.Dataset:
+    """Population curves of a run: ``logstore.population_curves`` of a store Dataset, or the
+    same means from the sums of its ``Summary`` (no second pass over the records).
+
+    A Dataset with dimensions (step, split, attribute): ``loss`` (nats) and ``accuracy`` per
+    attribute, ``mean_loss`` and ``mean_accuracy`` pooled over attributes, and ``count``
+    (facts evaluated). Steps where a split has no evaluated fact are NaN.
+    """
+    if isinstance(source, Summary):
+        a = source.attribute
+        return curves_from_sums(a["loss_sum"], a["n_correct"], a["n_evaluated"])
+    return store_curves(source)
+
+
+def split_curve(ds: xr.Dataset, curves: xr.Dataset, split: str = "train") -> Curve:
+    """The curve the phases are read from: mean loss of ``split`` with the mean baseline."""
+    baseline = float(np.mean(np.asarray(ds["baseline"].values, dtype=float)))
+    n_steps = run_length(ds)
+    splits = list(curves["split"].values)
+    if split not in splits:
+        return Curve(np.array([]), np.array([]), baseline, np.array([]), n_steps)
+    k = splits.index(split)
+    return Curve.clean(curves["step"].values, curves["mean_loss"].values[:, k], baseline,
+                       curves["mean_accuracy"].values[:, k], n_steps)

@@ -83,7 +83,7 @@ def run_data(source, name: str | None = None, *, n_boot: int = 200, method: str 
     still training is drawn as far as it has got. ``n_boot`` and ``method`` go to
     ``phasefit.detect`` (its defaults, so the numbers match ``phasefit detect``).
     """
-    from phasefit.phases import detect
+    from phasefit.analysis import analyse
     from logstore.runs import flatten_config as flatten
 
     if isinstance(source, (str, os.PathLike)):
@@ -92,7 +92,7 @@ def run_data(source, name: str | None = None, *, n_boot: int = 200, method: str 
         ds = open_run(source)
     else:
         ds = source
-    phases = detect(ds, method, run=name, n_boot=n_boot)
+    phases = analyse(ds, method, run=name, n_boot=n_boot)
     data = RunData(name=phases.run, status=phases.status, phases=phases.to_dict(), conditions=dict(phases.conditions),
                    config=flatten(phases.config), n_train=int((ds["split"].values == "train").sum()))
     data.baselines = pd.DataFrame({"attribute": ds["attribute"].values, "baseline": ds["baseline"].values.astype(float)})
@@ -281,17 +281,10 @@ def training_table(ds: xr.Dataset, n_points: int = TRAINING_POINTS) -> pd.DataFr
 
 
 def condition_label(conditions: dict) -> str:
-    """The sampling condition in words: uniform, power law alpha=0.6, warm-up 4000x2, ..."""
-    kind = conditions.get("sampling", "uniform")
-    if kind == "power_law":
-        return f"power law alpha={conditions.get('alpha', 0):g}"
-    if kind == "warmup":
-        return f"warm-up {conditions.get('warmup', '?')}x{conditions.get('warmup_epochs', 1):g}"
-    if kind == "celebrities":
-        return f"celebrities {conditions.get('celebrities', '?')}x{conditions.get('celebrity_weight', 1):g}"
-    if kind == "finetune":
-        return f"fine-tune {conditions.get('n_finetune', '?')} new, replay {conditions.get('replay', 0):g}"
-    return str(kind)
+    """The sampling condition in words: uniform, power law alpha=0.6, warm-up 4000x2, ... (phasefit's)."""
+    from phasefit.runs import condition_label as label
+
+    return label(conditions)
 
 
 def compact(frame: pd.DataFrame, digits: int = 5) -> pd.DataFrame:

@@ -11,7 +11,6 @@ second time skips the training (the sweep's complete runs) and recomputes the re
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -90,11 +89,10 @@ def demo_from_cli(out: str | None = "demo", workers: int = 2) -> int:
         print("phasefit demo: some runs did not complete (see sweep.log in their folders)", file=sys.stderr)
         return 1 if all(o.status != "interrupted" for o in outcomes) else 130
 
-    from phasefit.commands import detect_from_cli
+    from phasefit.commands import detect_runs
 
     print("\nphases (phasefit detect):", flush=True)
-    detect_from_cli(argparse.Namespace(runs_dir=[str(sweep.folder)], json=False, method="auto", scheduler=None,
-                                       curve=None, baseline=None, n_boot=200, workers=workers))
+    detect_runs([str(sweep.folder)], method="auto", n_boot=200, workers=workers)
     findings = plateau_findings(sweep.folder)
     print("\n" + format_findings(findings), flush=True)
 

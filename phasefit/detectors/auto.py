@@ -14,12 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from phasefit.curve import Curve
-from phasefit.detectors.base import Boundaries, Detector
+from phasefit.detectors.base import Detector
 from phasefit.detectors.changepoint import ChangepointDetector
 from phasefit.detectors.fit import SegmentedFitDetector
 from phasefit.detectors.threshold import ThresholdDetector
-
-NAMES = ("t1", "t2", "t3")
+from phasefit.rules import BOUNDARIES, Boundaries
 
 
 class AutoDetector(Detector):
@@ -55,7 +54,7 @@ class AutoDetector(Detector):
         self.sources_ = {}
         values, notes = {}, [f"{n}: {b.notes[0]}; not used" for n, b in fitted.items() if n not in found]
         tolerance = self.agree_tol * curve.run_length
-        for k, key in enumerate(NAMES):
+        for k, key in enumerate(BOUNDARIES):
             estimates = {name: b.as_array()[k] for name, b in found.items()}
             present = {name: v for name, v in estimates.items() if np.isfinite(v)}
             if len(present) * 2 < len(estimates) or not present:
@@ -75,7 +74,7 @@ class AutoDetector(Detector):
             values[key] = float(present[source])
             self.sources_[key] = source
         # Reasons for missing boundaries: from the detectors that found them missing.
-        for key in NAMES:
+        for key in BOUNDARIES:
             if values[key] is None:
                 for name, b in found.items():
                     if b.notes and getattr(b, key) is None:

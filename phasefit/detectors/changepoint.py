@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from phasefit.curve import Curve, estimate_noise
-from phasefit.detectors.base import Boundaries, Detector, label_knots
+from phasefit.detectors.base import Detector
+from phasefit.rules import Boundaries, label_knots
 
 SEARCHES = ("pelt", "binseg", "bottomup", "window", "dynp")
 COSTS = ("l2", "clinear")
@@ -36,11 +37,8 @@ class ChangepointDetector(Detector):
     penalty : multiplier of the BIC penalty 2 sigma^2 log(n), sigma being the noise of the
         segmented signal estimated from the curve itself (default 1: BIC as is).
     min_size : shortest piece, in grid points (default 4).
-    t1_tol, t2_tol, t3_tol : the bands that name the knots (see ``label_knots``; defaults 0.05,
-        0.03, 0.1). On a short run the search puts a knot at nearly every evaluation, and the
-        t2 band then acts as a crossing level: 0.03 keeps it within 2% of the run of the
-        threshold rules' 0.02 on real tiny runs, and wide enough that a noisy plateau's last
-        knot is not misnamed on the simulator (worst error 1.7% of the run at 3% step noise).
+    t1_tol, t2_tol, t3_tol : the bands that name the knots (``phasefit.rules.label_knots``;
+        defaults 0.05, 0.03, 0.1, measured as docs/phasefit.md says).
     """
 
     name = "changepoint"

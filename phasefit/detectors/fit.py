@@ -17,7 +17,7 @@ the simulator's sharp corners:
   (every candidate evaluation scored at once by projection), all knots then refined with
   ``scipy.optimize.least_squares`` (analytic Jacobian, soft-L1 loss scaled to ``robust``
   times the estimated noise, so a few outliers cannot bend it); K is chosen by BIC.
-- Which steps: t1, t2, t3 are the threshold rules (``threshold_rules``, the same bands as the
+- Which steps: t1, t2, t3 are the threshold rules (``phasefit.rules``, the same bands as the
   threshold detector) applied to the fitted line rather than to the noisy evaluations. On a
   curve with sharp corners the rules land on the corners; on a real run's rounded, slightly
   sloping plateau a corner is ill-defined while the band crossings are not.
@@ -33,8 +33,8 @@ from scipy.optimize import least_squares
 from scipy.special import expit
 
 from phasefit.curve import Curve, estimate_noise
-from phasefit.detectors.base import Boundaries, Detector
-from phasefit.detectors.threshold import rules_on
+from phasefit.detectors.base import Detector
+from phasefit.rules import Boundaries, rules_on
 
 MODELS = ("segmented", "smooth")
 GRID = 1024  # points the fitted line is read on (uniform in log-step, knots added)

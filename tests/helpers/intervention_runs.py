@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from phasefit.simulate import simulate
+from phasefit.simulate import set_config, simulate
 
 # Fine-tuning: 90% of the old facts known at step 0; a third of the old facts (30 points of
 # accuracy) forgotten at steps spread evenly over [20, 120], half of those relearned over
@@ -75,7 +75,7 @@ def finetune_run(n_old: int = 300, n_new: int = 150, seed: int = 0):
     config["world"].update(n_individuals=n_old, n_heldout=0, n_finetune=n_new)
     config["sampling"].update(kind="finetune", replay_weight=0.25)
     config["train"].update(init_from="runs/base", lr=3e-5, lr_schedule="constant")
-    ds.attrs["config"] = json.dumps(config)
+    set_config(ds, config)
     return ds
 
 
@@ -87,7 +87,7 @@ def patched_pair(reference_dir, t2_patched: float = 800, t2_reference: float = 2
     patched = simulate(t2=t2_patched, seed=seed + 1, **common)
     config = json.loads(patched.attrs["config"])
     config["patch"] = {"reference": str(reference_dir), "reference_step": -1, "start": 0}
-    patched.attrs["config"] = json.dumps(config)
+    set_config(patched, config)
     return patched, reference
 
 
@@ -146,5 +146,5 @@ def sequential_run(n: int = 300, seed: int = 0):
     config = json.loads(ds.attrs["config"])
     config["sampling"].update(kind="sequential", n_groups=SEQUENTIAL["n_groups"], n_repeats=SEQUENTIAL["n_repeats"])
     config["train"].update(steps=SEQUENTIAL["steps"])
-    ds.attrs["config"] = json.dumps(config)
+    set_config(ds, config)
     return ds, target

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phasefit.simulate import simulate, to_store
+from phasefit.simulate import set_config, simulate, to_store
 
 EVIL_NAME = "warm<img src=x onerror=alert(1)>&"
 EVIL_TEXT = "</script><b>bold</b>&amp;"
@@ -32,7 +32,7 @@ def _run(n, seed=0, alpha=0.0, t2=None, accuracy=0.9, kind=None, n_heldout=40, n
     if sampling:
         config = json.loads(ds.attrs["config"])
         config["sampling"].update(sampling)
-        ds.attrs["config"] = json.dumps(config)
+        set_config(ds, config)
     return ds
 
 
@@ -55,7 +55,7 @@ def finetune_run(n_old: int = 200, n_new: int = 60, seed: int = 0):
     config["world"].update(n_individuals=n_old, n_heldout=0, n_finetune=n_new)
     config["sampling"].update(replay_weight=0.25)
     config["train"].update(init_from="runs/base")
-    ds.attrs["config"] = json.dumps(config)
+    set_config(ds, config)
     return ds
 
 
@@ -81,7 +81,7 @@ def make_sweep(root: Path, full: bool = False) -> Path:
         if name == EVIL_NAME:
             config = json.loads(ds.attrs["config"])
             config["model"]["preset"] = EVIL_TEXT
-            ds.attrs["config"] = json.dumps(config)
+            set_config(ds, config)
         to_store(ds, root / "warmup" / name)
     to_store(finetune_run(), root / "finetune")
     to_store(_run(1600, n_evals=40), root / "uniform-N1600", status="failed")

@@ -7,10 +7,9 @@ import pytest
 
 import phasefit
 from phasefit.bootstrap import percentile_interval, replicate_curves, resample_weights, seed_interval
-from phasefit.curves import population_curves, split_curve
 from phasefit.detectors import ThresholdDetector
 from phasefit.simulate import expected_curve, simulate
-from phasefit.summary import summarise
+from phasefit.summary import population_curves, split_curve, summarise
 
 
 @pytest.fixture(scope="module")

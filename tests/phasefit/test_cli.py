@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
@@ -56,7 +55,7 @@ def test_detect_table_for_named_runs(runs_dir, capsys):
 
 
 def test_detect_a_csv_curve_from_another_trainer(tmp_path, capsys):
-    from phasefit.curves import population_curves, split_curve
+    from phasefit.summary import population_curves, split_curve
 
     ds = simulate(n_individuals=400, n_heldout=10, seed=3)
     curve = split_curve(ds, population_curves(ds))
@@ -116,15 +115,14 @@ def test_bad_csv_and_empty_folder(tmp_path, capsys):
 def test_scheduler_fans_the_runs_out_over_a_dask_cluster(runs_dir, tmp_path):
     from distributed import LocalCluster
 
-    from phasefit.commands import detect_from_cli
+    from phasefit.commands import detect_runs
 
     folder = tmp_path / "two"
     for name in ("n300-s0", "n600-s0"):
         shutil.copytree(runs_dir / name, folder / name)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        args = argparse.Namespace(runs_dir=[str(folder)], json=True, method="threshold", scheduler=cluster.scheduler_address,
-                                  curve=None, baseline=None, n_boot=20, workers=1)
-        assert detect_from_cli(args) == 0
+        assert detect_runs([str(folder)], as_json=True, method="threshold", scheduler=cluster.scheduler_address,
+                           n_boot=20) == 0
     local = json.loads((folder / "n300-s0" / "phases.json").read_text())
     assert local["method"] == "threshold" and local["t2"] == pytest.approx(
         json.loads((runs_dir / "n300-s0" / "phases.json").read_text())["estimates"]["threshold"]["t2"])

@@ -10,7 +10,7 @@ import pytest
 
 import phasefit
 from phasefit.crossrun import compare_conditions, crossrun, fit_alpha_optimum, fit_scaling
-from phasefit.simulate import simulate
+from phasefit.simulate import set_config, simulate
 
 
 def test_scaling_fit_recovers_a_known_exponent_from_simulated_runs():
@@ -23,7 +23,7 @@ def test_scaling_fit_recovers_a_known_exponent_from_simulated_runs():
             ds = simulate(n_individuals=n // 4, n_heldout=10, t1=150, t2=t2, t3=2.5 * t2, n_steps=16000, seed=seed)
             config = json.loads(ds.attrs["config"])
             config["world"]["n_individuals"] = n  # the population the run stands for
-            ds.attrs["config"] = json.dumps(config)
+            set_config(ds, config)
             runs.append(phasefit.detect(ds, n_boot=50, per_fact=False))
     stats = crossrun(runs)
     fit = next(s for s in stats.scaling if s.quantity == "t2")
@@ -61,14 +61,14 @@ def test_alpha_optimum_with_interval():
 
 def test_condition_differences_with_intervals():
     frame = pd.DataFrame({
-        "condition": ["uniform"] * 3 + ["warmup 2000x2"] * 3,
+        "condition": ["uniform"] * 3 + ["warm-up 2000x2"] * 3,
         "plateau_length": [5000, 5200, 4900, 2000, 2100, 1900],
         "plateau_length_lo": [None] * 6, "plateau_length_hi": [None] * 6,
     })
     out = compare_conditions(frame, "condition", "plateau_length", "uniform").iloc[0]
     assert out["difference"] == pytest.approx(2000 - 5033.33, rel=1e-3)
     assert out["low"] < out["difference"] < out["high"] < 0 and out["method"] == "welch"
-    single = pd.DataFrame({"condition": ["uniform", "warmup"], "plateau_length": [5000.0, 2000.0],
+    single = pd.DataFrame({"condition": ["uniform", "warm-up"], "plateau_length": [5000.0, 2000.0],
                            "plateau_length_lo": [4900.0, 1950.0], "plateau_length_hi": [5100.0, 2050.0]})
     one = compare_conditions(single, "condition", "plateau_length", "uniform").iloc[0]
     assert one["method"] == "bootstrap"
@@ -84,7 +84,7 @@ def test_crossrun_compares_sampling_conditions_and_ignores_incomplete_runs():
     runs.append(phasefit.detect(simulate(n_individuals=300, n_heldout=10, seed=9, status="running"), n_boot=0))
     stats = crossrun(runs)
     row = stats.differences.query("quantity == 'plateau_length'").iloc[0]
-    assert row["condition"] == "warmup" and row["reference"] == "uniform"
+    assert row["condition"] == "warm-up" and row["reference"] == "uniform"
     assert row["high"] < 0 and row["difference"] == pytest.approx(-2000, rel=0.1)
     assert any("not complete" in n for n in stats.notes)
     assert json.dumps(stats.to_dict())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import phasefit
-from phasefit.curves import population_curves
+from phasefit.summary import population_curves
 from phasefit.simulate import simulate, to_store
 
 JSON_FIELDS = {"run", "status", "t1", "t2", "t3", "plateau_length", "plateau_ci", "t2_ci", "final_accuracy",
@@ -126,3 +126,16 @@ def test_conditions_name_what_describes_each_kind_of_run():
     assert "alpha" not in conditions(sequential) and "replay" not in conditions(sequential)
     patched = {**base, "patch": {**base["patch"], "reference": "/runs/reference"}}
     assert conditions(patched)["patterns_from"] == 1007 and conditions(patched)["patch_start"] == 0
+
+
+def test_the_trainers_attributes_are_read_and_older_stores_derive_them(small):
+    told = small.copy()
+    told.attrs.update(conditions=json.dumps({"N": 7, "sampling": "uniform"}), condition_label="as the trainer says")
+    phases = phasefit.detect(told, n_boot=0, per_fact=False)
+    assert phases.conditions == {"N": 7, "sampling": "uniform"} and phases.condition_label == "as the trainer says"
+    older = small.copy()
+    for name in ("stages", "conditions", "condition_label"):
+        del older.attrs[name]
+    phases = phasefit.detect(older, n_boot=0, per_fact=False)
+    assert phases.conditions["N"] == 300 and phases.condition_label == "uniform"
+    assert phases.to_dict()["condition_label"] == "uniform"

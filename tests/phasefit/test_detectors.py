@@ -9,7 +9,7 @@ import xarray as xr
 
 import phasefit
 from phasefit.curve import Curve, estimate_noise
-from phasefit.curves import population_curves, split_curve
+from phasefit.summary import population_curves, split_curve
 from phasefit.detectors import (AutoDetector, ChangepointDetector, SegmentedFitDetector, ThresholdDetector,
                                 make_detector)
 from phasefit.errors import PhasefitError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import phasefit
-from phasefit.curves import population_curves, split_curve
+from phasefit.summary import population_curves, split_curve
 from phasefit.hallucination import onset
 from phasefit.simulate import expected_curve, simulate, truth
 

@@ -31,8 +31,8 @@ def test_finetune_measures_recover_the_truth_and_their_intervals_cover_it(finetu
     json.dumps(out)  # JSON-able as it is
 
 
-def test_detect_reports_a_finetune_run_without_phases(finetune, tmp_path):
-    phases = phasefit.detect(finetune, n_boot=50)
+def test_analyse_reports_a_finetune_run_without_phases(finetune, tmp_path):
+    phases = phasefit.analyse(finetune, n_boot=50)
     assert phases.t1 is None and phases.t2 is None and phases.plateau_length is None
     assert any("fine-tuning run" in note for note in phases.notes)
     assert phases.finetune["collapse_step"] == pytest.approx(70)
@@ -82,7 +82,7 @@ def test_patching_effect_compares_the_plateaus_with_a_paired_interval(pair):
     assert out["patched"]["t2"] == pytest.approx(800, rel=0.05)
     assert out["reference_run"]["t2"] == pytest.approx(2000, rel=0.05)
     assert out["plateau_difference"] == pytest.approx(out["t2_difference"], abs=60)  # same t1
-    phases = phasefit.detect(path, method="threshold", n_boot=100)
+    phases = phasefit.analyse(path, method="threshold", n_boot=100)
     assert phases.patching == out and phases.reference.t2 == out["reference_run"]["t2"]
     json.dumps(phases.to_dict())
 
@@ -121,10 +121,24 @@ def test_sequential_groups_recover_learning_and_forgetting_times(sequential):
     assert learn == sorted(learn, reverse=True)  # learned faster over time
     assert out["median_forget_steps"] < out["median_learn_steps"]  # forgotten faster than learned
     assert out["visits"][1]["others_drop"] > 0.4  # group 0 forgotten during visit 1
-    phases = phasefit.detect(ds, n_boot=0)
+    phases = phasefit.analyse(ds, n_boot=0)
     assert phases.sequential["visits"] == out["visits"] and phases.groups.sizes == curves.sizes
 
 
 def test_sequential_groups_of_another_run_give_one_reason():
     out = interventions.sequential_groups(simulate(n_individuals=100, n_heldout=10, n_evals=30))
     assert out["notes"] == ["not a sequential run: sampling.kind is 'uniform'"] and out["visits"] == []
+
+
+def test_sequential_groups_follow_the_stores_stages_and_older_stores_derive_them(sequential):
+    ds, _ = sequential
+    older = ds.copy()
+    del older.attrs["stages"]
+    assert interventions.sequential_groups(older)["visits"] == interventions.sequential_groups(ds)["visits"]
+    told = ds.copy()
+    told.attrs["stages"] = json.dumps([{"start": 0, "end": 600, "label": "a", "ranks": [150, 299]},
+                                       {"start": 600, "end": 1200, "label": "b", "ranks": [0, 149]}])
+    out = interventions.sequential_groups(told)
+    assert out["bounds"] == [0, 600, 1200] and out["n_groups"] == 2 and out["n_repeats"] == 1
+    assert [g["ranks"] for g in out["groups"]] == [[0, 149], [150, 299]]
+    assert [(v["visit"], v["group"]) for v in out["visits"]] == [(0, 1), (1, 0)]

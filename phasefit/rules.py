@@ -1,0 +1,163 @@
+"""The phase rules: what t1, t2, t3 are, read off a curve, and the one crossing helper.
+
+With L(t) the population loss and B the baseline (nats):
+
+- t1 = the first step at which L <= B (1 + t1_tol): the marginals are learned;
+- t2 = the step after which L stays below B (1 - t2_tol): the plateau ends for good;
+- t3 = the step after which L stays below E + t3_tol (B - E), with E the final level (the
+  median loss over the last ``tail`` share of the run): knowledge is saturated.
+
+``threshold_rules`` applies them to many curves at once (the bootstrap replicates),
+``rules_on`` to one curve with a note for a missing boundary, ``label_knots`` to the knots
+of a fitted piecewise-linear curve. Every crossing between two evaluations is interpolated by
+``crossing``: on log(1 + step) for the phase boundaries (the phases are close to straight
+lines there), on step for the intervention measures (short spans after an event).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from phasefit.curve import Curve
+
+BOUNDARIES = ("t1", "t2", "t3")
+
+
+@dataclass
+class Boundaries:
+    """The three phase boundaries of one curve, in training steps."""
+
+    t1: float | None  # marginals learned: the loss reaches the baseline
+    t2: float | None  # plateau end: the loss leaves the baseline downwards for good
+    t3: float | None  # knowledge saturated: the loss reaches its final level
+    notes: list[str] = field(default_factory=list)
+    diagnostics: dict = field(default_factory=dict)
+
+    @property
+    def plateau_length(self) -> float | None:
+        return None if self.t1 is None or self.t2 is None else self.t2 - self.t1
+
+    def as_array(self) -> np.ndarray:
+        return np.array([np.nan if t is None else t for t in (self.t1, self.t2, self.t3)], dtype=float)
+
+
+def crossing(x: np.ndarray, values: np.ndarray, i: np.ndarray, level) -> np.ndarray:
+    """Where each row of ``values`` (rows, evaluations) crosses ``level`` (a number or one per
+    row) between evaluations i and i + 1 (one per row, clipped to the evaluations), linearly
+    on the axis ``x`` of the evaluations (``curve.log_step`` or the steps); the result is on
+    that axis. Equal values, or a NaN, give evaluation i + 1."""
+    n = values.shape[1]
+    rows = np.arange(values.shape[0])
+    i = np.clip(i, 0, n - 2)
+    y0, y1 = values[rows, i], values[rows, i + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f = np.where(y1 != y0, (level - y0) / (y1 - y0), 1.0)
+    f = np.clip(np.nan_to_num(f, nan=1.0), 0.0, 1.0)
+    return x[i] + f * (x[i + 1] - x[i])
+
+
+def threshold_rules(curve: Curve, L: np.ndarray, t1_tol: float, t2_tol: float, t3_tol: float,
+                    tail: float) -> dict:
+    """The threshold rules on every row of ``L`` (losses at ``curve.step``).
+
+    Returns ``t`` (rows, 3) with NaN for missing boundaries, the final level ``end``, the
+    saturation level ``ceiling`` and ``t3_in_tail`` (t3 within the tail window).
+    """
+    B, n = L.shape
+    x, base, step = curve.log_step, curve.baseline, curve.step
+
+    def cross(i, level):
+        return np.expm1(crossing(x, L, i, level))
+
+    index = np.arange(n)[None]
+    near = L <= base * (1 + t1_tol)
+    has_t1 = near.any(axis=1)
+    i1 = near.argmax(axis=1)
+    t1 = np.where(i1 == 0, step[0], cross(i1 - 1, base * (1 + t1_tol)))
+
+    low = base * (1 - t2_tol)
+    above = (L >= low) & (index >= i1[:, None])
+    has_above = above.any(axis=1)
+    last_above = n - 1 - above[:, ::-1].argmax(axis=1)
+    ended = ~(has_above & (last_above == n - 1))
+    # Never above the low band after t1: it left the baseline between evaluations around t1.
+    i2 = np.where(has_above, last_above, i1 - 1)
+    t2 = np.where(i2 >= 0, np.maximum(cross(i2, low), t1), t1)
+
+    first_tail = min(int(np.searchsorted(step, step[-1] - tail * curve.run_length)), n - 3)
+    end = np.median(L[:, first_tail:], axis=1)
+    ceiling = end + t3_tol * (base - end)
+    high = L > ceiling[:, None]
+    i3 = np.where(high.any(axis=1), n - 1 - high[:, ::-1].argmax(axis=1), 0)
+    saturated = i3 < n - 1
+    t3 = np.maximum(cross(i3, ceiling), t2)
+
+    t = np.column_stack([t1, t2, t3])
+    t[~has_t1] = np.nan
+    t[~ended, 1:] = np.nan
+    t[~saturated, 2] = np.nan
+    return {"t": t, "end": end, "ceiling": ceiling, "t3_in_tail": i3 + 1 >= first_tail}
+
+
+def rules_on(curve: Curve, t1_tol: float, t2_tol: float, t3_tol: float, tail: float, subject: str = "loss",
+             tail_is_missing: bool = False) -> Boundaries:
+    """The threshold rules on one curve, with a note for the first boundary missing.
+
+    ``subject`` names the curve in the notes ("loss", "fitted loss"); with ``tail_is_missing``
+    a t3 in the last ``tail`` of the run counts as not saturated, else it is kept with a note.
+    """
+    found = threshold_rules(curve, curve.loss[None], t1_tol, t2_tol, t3_tol, tail)
+    t1, t2, t3 = (None if np.isnan(v) else float(v) for v in found["t"][0])
+    in_tail = bool(found["t3_in_tail"][0])
+    notes = []
+    if t1 is None:
+        notes.append(f"loss never reached the baseline: lowest {subject} {curve.loss.min():.3g} nats, "
+                     f"baseline {curve.baseline:.3g} nats")
+    elif t2 is None:
+        notes.append(f"no plateau end: {subject} still within {t2_tol:.0%} of the baseline at the last "
+                     f"evaluation (step {curve.step[-1]:.0f})")
+    elif t3 is None or (in_tail and tail_is_missing):
+        notes.append(f"knowledge not saturated: {subject} still above its final level at the last evaluation")
+        t3 = None
+    elif in_tail:
+        notes.append(f"t3 falls in the last {tail:.0%} of the run: the {subject} may still be falling")
+    diagnostics = {"final_level": float(found["end"][0]), "t3_level": float(found["ceiling"][0])}
+    return Boundaries(t1, t2, t3, notes, diagnostics)
+
+
+def label_knots(step: np.ndarray, level: np.ndarray, baseline: float, t1_tol: float, t2_tol: float,
+                t3_tol: float) -> Boundaries:
+    """Name the knots of a fitted piecewise-linear curve with the phase rules.
+
+    ``step`` are the knots (first and last evaluation included) and ``level`` the fitted loss
+    there. With the baseline B and the end level E = level[-1]:
+    t1 = the first knot with level <= B (1 + t1_tol);
+    t2 = the last knot, from t1 on, with level >= B (1 - t2_tol), unless it is the last one;
+    t3 = the first knot after t2 from which every level is <= E + t3_tol (B - E), unless
+    that is only the last knot (the loss is still falling).
+    """
+    notes: list[str] = []
+    near = np.flatnonzero(level <= baseline * (1 + t1_tol))
+    if len(near) == 0:
+        notes.append(f"loss never reached the baseline: lowest fitted level {level.min():.3g} nats, "
+                     f"baseline {baseline:.3g} nats")
+        return Boundaries(None, None, None, notes)
+    i1 = near[0]
+    above = np.flatnonzero(level[i1:] >= baseline * (1 - t2_tol)) + i1
+    i2 = above[-1] if len(above) else i1
+    if i2 == len(level) - 1:
+        notes.append(f"no plateau end: the fitted loss is still within {t2_tol:.0%} of the baseline at the "
+                     f"last evaluation (step {step[-1]:.0f})")
+        return Boundaries(float(step[i1]), None, None, notes)
+    end = level[-1]
+    ceiling = end + t3_tol * (baseline - end)
+    high = np.flatnonzero(level[i2:] > ceiling) + i2
+    i3 = (high[-1] + 1) if len(high) else i2 + 1
+    t3 = None
+    if i3 >= len(level) - 1:
+        notes.append("knowledge not saturated: the fitted loss is still falling at the last evaluation")
+    else:
+        t3 = float(step[i3])
+    return Boundaries(float(step[i1]), float(step[i2]), t3, notes)
