@@ -76,7 +76,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from trainer.demo import demo_from_cli
+    from phasefit.demo import demo_from_cli
 
     return demo_from_cli(out=args.out, workers=args.workers)
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.config import ConfigError
+from phasefit.errors import PhasefitError
 
 DEMO_SWEEP = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 
@@ -30,9 +30,9 @@ def plateau_findings(runs_dir: Path) -> dict:
     plateau: dict[str, dict[int, float | None]] = {}
     for phases in sorted(Path(runs_dir).rglob("phases.json")):
         result = json.loads(phases.read_text())
-        config = _config_of(phases.parent)
-        kind, n = config["sampling"]["kind"], config["world"]["n_individuals"]
-        plateau.setdefault(kind, {})[n] = result.get("plateau_length")
+        conditions = result.get("conditions") or {}
+        if "sampling" in conditions and "N" in conditions:  # a run that could not be read has none
+            plateau.setdefault(conditions["sampling"], {})[conditions["N"]] = result.get("plateau_length")
     grows = {}
     for kind, by_n in plateau.items():
         values = [by_n[n] for n in sorted(by_n)]
@@ -42,12 +42,6 @@ def plateau_findings(runs_dir: Path) -> dict:
         power = plateau.get("power_law", {}).get(n)
         shorter[n] = uniform is not None and power is not None and power < uniform
     return {"plateau": plateau, "grows_with_n": grows, "shorter_under_power_law": shorter}
-
-
-def _config_of(run: Path) -> dict:
-    from trainer.config import from_dict, read_toml
-
-    return from_dict(read_toml(run / "config.toml"), str(run / "config.toml")).to_dict()
 
 
 def _steps(v) -> str:
@@ -74,9 +68,9 @@ def demo_from_cli(out: str | None = "demo", workers: int = 2) -> int:
     from trainer.sweep import load_sweep
 
     if workers < 1:
-        raise ConfigError(f"--workers {workers}: must be at least 1")
+        raise PhasefitError(f"--workers {workers}: must be at least 1")
     if not DEMO_SWEEP.exists():
-        raise ConfigError(f"{DEMO_SWEEP}: the demo's sweep file is missing (phasefit demo runs from a source checkout)")
+        raise PhasefitError(f"{DEMO_SWEEP}: the demo's sweep file is missing (phasefit demo runs from a source checkout)")
     start = time.perf_counter()
     out = Path(out or "demo")
     runs_dir = out / "runs"
