@@ -13,6 +13,7 @@ from logstore.schema import ATTRIBUTES, SCHEMA_VERSION, SPLITS, STATUSES, STORE_
 _LAZY = {
     "RunWriter": "logstore.writer",
     "open_run": "logstore.reader",
+    "verify_store": "logstore.checks",
     "open_runs": "logstore.runs",
     "list_runs": "logstore.runs",
     "population_curves": "logstore.population",

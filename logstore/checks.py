@@ -6,8 +6,22 @@ import json
 import os
 from pathlib import Path
 
-from logstore.schema import StoreError
-from logstore.schema import SCHEMA_VERSION, STATUSES, STORE_NAME, VARIABLES
+import numpy as np
+
+from logstore.chunks import ArrayReader
+from logstore.durable import PARTIAL_SUFFIX
+from logstore.schema import (
+    ATTR_CHECKSUMS,
+    COORDINATES,
+    SCHEMA_VERSION,
+    SPLITS,
+    STATUSES,
+    STEP_VARIABLES,
+    STORE_NAME,
+    TRAIN_VARIABLES,
+    VARIABLES,
+    StoreError,
+)
 
 
 def store_path(path: str | os.PathLike) -> Path:
@@ -115,3 +129,59 @@ def committed_train_steps(path: str | os.PathLike) -> int:
         return int(check_store(path)[1].get("committed_train_steps", 0))
     except StoreError:
         return 0
+
+
+def committed_rows(metas: dict[str, dict], attrs: dict) -> tuple[int, int]:
+    """How many evaluation and training rows are committed (and present in every array)."""
+    steps = min([int(attrs["committed_steps"])] + [metas[n]["shape"][0] for n in STEP_VARIABLES])
+    train = int(attrs.get("committed_train_steps", metas["train_step"]["shape"][0]))
+    train = min([train] + [metas[n]["shape"][0] for n in TRAIN_VARIABLES])
+    return steps, train
+
+
+def check_coordinates(root: Path, coords: dict[str, np.ndarray]) -> None:
+    """A coordinate chunk that is lost reads as fill values (-1, ""), which no writer commits:
+    steps increase, ids are unique and non-negative, every individual has a split."""
+    for name in ("step", "train_step"):
+        if len(coords[name]) and (coords[name][0] < 0 or (np.diff(coords[name]) <= 0).any()):
+            raise StoreError(f"{root}: array '{name}' is not increasing (a missing or damaged chunk?)")
+    ids = coords["individual"]
+    if (ids < 0).any() or len(np.unique(ids)) != len(ids):
+        raise StoreError(f"{root}: array 'individual' holds negative or repeated ids (a missing or damaged chunk?)")
+    if not np.isin(coords["split"], SPLITS).all():
+        raise StoreError(f"{root}: array 'split' holds values other than {', '.join(SPLITS)} (a missing or damaged chunk?)")
+
+
+def verify_store(path: str | os.PathLike) -> None:
+    """Check, without reading the metrics, that a run's store holds what its writer committed
+    (before a resume writes to it): the coordinates; every recorded chunk of committed rows
+    present, with the checksum recorded for it; no chunk there that no commit wrote; and the
+    last block of rows, which a resumed writer reads back, decodable. Raises StoreError naming
+    the first problem. A store written before checksums were recorded gets the coordinate and
+    last-block checks only."""
+    root, attrs, metas = load_metadata(path)
+    rows = dict(zip(("step", "train_step"), committed_rows(metas, attrs)))
+    checksums = attrs.get(ATTR_CHECKSUMS)
+    readers = {}
+    for name, meta in metas.items():
+        reader = readers[name] = ArrayReader(root, name, meta)
+        dim = meta["dimension_names"][0]
+        if isinstance(checksums, dict):
+            reader.checksums = checksums.get(name, {})
+            if attrs.get("status") == "running" and rows.get(dim):  # a killed writer may have rewritten it
+                reader.live = (rows[dim] - 1) // reader.chunks[0]
+    coordinates = {name: readers[name].read((slice(0, rows.get(var.dims[0])),)) for name, var in COORDINATES.items()}
+    check_coordinates(root, coordinates)
+    for name, reader in readers.items():
+        dim = reader.meta["dimension_names"][0]
+        committed = rows.get(dim, reader.shape[0])
+        if reader.checksums is not None:
+            held = -(-committed // reader.chunks[0])  # chunks along the rows that hold committed rows
+            on_disk = {p.name for p in (root / name).glob("c*") if p.is_file() and not p.name.endswith(PARTIAL_SUFFIX)}
+            for key in sorted(set(reader.checksums) | on_disk):
+                index = tuple(int(c) for c in key.split(reader.separator)[1:])
+                if index and index[0] < held:
+                    reader.raw_chunk(index)  # StoreError if lost, misplaced, or not a chunk of ours
+        if committed and dim in rows:  # what a resumed writer reads back: the last block
+            start = (committed - 1) // reader.chunks[0] * reader.chunks[0]
+            reader.read((slice(start, committed),))

@@ -158,6 +158,11 @@ class ArrayReader:
         return out[tuple(0 if isinstance(p, int) else slice(None) for p in picks)]
 
     def _chunk(self, coords: tuple[int, ...]) -> np.ndarray | None:
+        raw = self.raw_chunk(coords)
+        return None if raw is None else self._decode(raw)
+
+    def raw_chunk(self, coords: tuple[int, ...]) -> bytes | None:
+        """A chunk file's bytes, checked against the checksum recorded for it; None if never written."""
         key = self.separator.join(("c", *map(str, coords)))
         try:
             raw = (self.root / self.name / key).read_bytes()
@@ -171,7 +176,7 @@ class ArrayReader:
                 raise StoreError(f"{self.root}: array '{self.name}' holds a chunk {key} ({self._where(coords)}) that is not "
                                  "the one written there (its checksum is not the one recorded at the commit): a misplaced or "
                                  "stale file, or the run was rewritten since it was opened (open it again)")
-        return self._decode(raw)
+        return raw
 
     def _where(self, coords: tuple[int, ...]) -> str:
         """The steps and individuals a chunk holds, in words: "steps 80..110, individuals 0..127"."""

@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from logstore.checks import load_metadata
+from logstore.checks import check_coordinates, committed_rows, load_metadata
 from logstore.chunks import ArrayReader
 from logstore.schema import (
     ATTR_CHECKSUMS,
@@ -24,19 +24,8 @@ from logstore.schema import (
     COORDINATES,
     DASK_CHUNK_STEPS,
     DATA_VARIABLES,
-    SPLITS,
-    STEP_VARIABLES,
-    TRAIN_VARIABLES,
     StoreError,
 )
-
-
-def committed_rows(metas: dict[str, dict], attrs: dict) -> tuple[int, int]:
-    """How many evaluation and training rows are committed (and present in every array)."""
-    steps = min([int(attrs["committed_steps"])] + [metas[n]["shape"][0] for n in STEP_VARIABLES])
-    train = int(attrs.get("committed_train_steps", metas["train_step"]["shape"][0]))
-    train = min([train] + [metas[n]["shape"][0] for n in TRAIN_VARIABLES])
-    return steps, train
 
 
 def _box(key) -> tuple[tuple, tuple | None]:
@@ -140,19 +129,6 @@ def open_many(paths: list[str | os.PathLike]) -> list[xr.Dataset | StoreError]:
     return out
 
 
-def _check_coordinates(root: Path, coords: dict[str, np.ndarray]) -> None:
-    """A coordinate chunk that is lost reads as fill values (-1, ""), which no writer commits:
-    steps increase, ids are unique and non-negative, every individual has a split."""
-    for name in ("step", "train_step"):
-        if len(coords[name]) and (coords[name][0] < 0 or (np.diff(coords[name]) <= 0).any()):
-            raise StoreError(f"{root}: array '{name}' is not increasing (a missing or damaged chunk?)")
-    ids = coords["individual"]
-    if (ids < 0).any() or len(np.unique(ids)) != len(ids):
-        raise StoreError(f"{root}: array 'individual' holds negative or repeated ids (a missing or damaged chunk?)")
-    if not np.isin(coords["split"], SPLITS).all():
-        raise StoreError(f"{root}: array 'split' holds values other than {', '.join(SPLITS)} (a missing or damaged chunk?)")
-
-
 def _dataset(root: Path, attrs: dict, metas: dict, rows: dict[str, int], reader=ArrayReader) -> xr.Dataset:
     """The Dataset of ``_prepare``'s results; ``reader``: what reads each array (ArrayReader;
     benchmarks/bench_store.py --decoders passes one over zarr-python's own arrays)."""
@@ -172,7 +148,7 @@ def _dataset(root: Path, attrs: dict, metas: dict, rows: dict[str, int], reader=
         coords[name] = (var.dims, values, metas[name].get("attributes", {}))
     if tuple(coords["attribute"][1]) != ATTRIBUTES:
         raise StoreError(f"{root}: array 'attribute' holds {list(coords['attribute'][1])}, expected {list(ATTRIBUTES)}")
-    _check_coordinates(root, {name: values for name, (_, values, _) in coords.items()})
+    check_coordinates(root, {name: values for name, (_, values, _) in coords.items()})
     labels = {dim: coords[dim][1] for dim in ("step", "train_step", "individual")}
     for r in readers.values():
         r.labels = labels

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from logstore.checks import load_metadata
+from logstore.checks import committed_rows, load_metadata
 from logstore.chunks import ArrayReader
+from logstore.durable import writer_busy
 from logstore.schema import StoreError
-from logstore.reader import committed_rows, open_many
+from logstore.reader import open_many
 from logstore.schema import STORE_NAME
 
 # Conditions list_runs always shows when a run has them (the study's main axes).
@@ -97,6 +98,10 @@ def open_runs(runs_dir: str | os.PathLike) -> xr.DataTree:
 def list_runs(runs_dir: str | os.PathLike, conditions: str | list[str] = "varying") -> pd.DataFrame:
     """One row per run: run, status, steps (committed evaluations), last_step, conditions.
 
+    ``status`` is the store's (running, complete, failed), or "stale" for a running store that
+    no process is writing (its writer was killed before it could close it: resume or restart
+    it), or "unreadable".
+
     ``conditions``: "varying" (default) shows the conditions that differ between the
     runs plus the study's main ones (MAIN_CONDITIONS), "all" every config key, or a list of
     keys. Runs that cannot be read are listed with status "unreadable" and a ``problem``.
@@ -131,8 +136,11 @@ def _summary(path: Path) -> dict:
     last = ArrayReader(root, "step", metas["step"]).read((n_steps - 1,)) if n_steps else None
     if last is not None and last < 0:  # the fill value: the chunk is gone
         raise StoreError(f"{root}: array 'step' is not increasing (a missing or damaged chunk?)")
+    status = attrs["status"]
+    if status == "running" and not writer_busy(root):  # no process holds it: killed, never closed
+        status = "stale"
     return {
-        "status": attrs["status"],
+        "status": status,
         "steps": n_steps,
         "last_step": None if last is None else int(np.int64(last)),
         "_conditions": run_conditions(attrs, root),

@@ -27,7 +27,7 @@ import zarr
 from zarr.core.sync import sync
 
 from logstore.blocks import StepBlock
-from logstore.checks import check_store
+from logstore.checks import check_store, verify_store
 from logstore.durable import DurableStore, WriterLock, fsync_dir, remove_partial_files, scan_checksums
 from logstore.schema import (
     ATTENTION_VARIABLES,
@@ -154,6 +154,7 @@ class RunWriter:
         lock = WriterLock(root)
         lock.acquire()
         try:
+            verify_store(root)  # a damaged store is refused before anything in it changes
             committed, committed_train, checksums = reopen_store(root, attrs, after_step, fsync)
         except BaseException:
             lock.release()
@@ -424,7 +425,7 @@ def _flush_at_exit(ref: weakref.ref) -> None:
 
 # ------------------------------------------------ creating and reopening a store
 # Creating a store in one piece, and reopening one for writing after a crash or a checkpoint.
-# 
+#
 # Both leave the store in a state every reader and a later writer can trust: a store exists
 # complete or not at all, and a resumed store has its commit lowered first (readers stop
 # showing dropped rows at once) and its arrays trimmed after (no stale chunk survives to be

@@ -161,3 +161,16 @@ def test_reading_while_a_run_writes_never_raises_a_false_alarm(tmp_path):
         time.sleep(0.005)
     assert proc.returncode == 0, proc.stderr.read()
     assert reads >= 3 and open_run(run).sizes["step"] == 80
+
+
+def test_a_resume_over_a_damaged_store_changes_nothing_in_it(tmp_path):
+    run = write_run(tmp_path / "run")
+    RunWriter.resume(run / "metrics.zarr", fsync=False).close("failed", reason="diverged at step 230")
+    path = run / "metrics.zarr" / "loss" / "c.5.0.0"  # the last block: a resumed writer reads it back
+    path.write_bytes(path.read_bytes()[:-9] + b"123456789")
+    with pytest.raises(StoreError, match="array 'loss'"):
+        RunWriter.resume(run / "metrics.zarr", fsync=False)
+    attrs = json.loads((run / "metrics.zarr" / "zarr.json").read_text())["attributes"]
+    assert attrs["status"] == "failed" and attrs["reason"] == "diverged at step 230"  # not flipped to running
+    with pytest.raises(StoreError, match="array 'loss'"):  # again: the failed attempt released the lock
+        RunWriter.resume(run / "metrics.zarr", fsync=False)
