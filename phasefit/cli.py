@@ -22,7 +22,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def cmd_train(args: argparse.Namespace) -> int:
     from trainer.run import train_from_cli
 
-    return train_from_cli(args.config, out=args.out, overrides=args.set, device=args.device, resume=args.resume)
+    return train_from_cli(args.config, out=args.out, overrides=args.set, device=args.device, resume=args.resume,
+                          restart=args.restart)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=500")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--restart", action="store_true",
+                   help="start the partial run in --out over (its store and checkpoints are deleted): for a run "
+                        "stopped before it saved a resume state")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="print biographies exactly as the model sees them")

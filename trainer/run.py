@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from logstore import STORE_NAME, StoreError, check_store, writer_busy
+from logstore import STORE_NAME, StoreError, check_store, json_attribute, verify_store, writer_busy
 from trainer.checkpoints import RESUME
 from trainer.config import Config, ConfigError, from_dict, load_config, read_toml
 from trainer.references import check_references, with_absolute_paths
+
 
 def to_toml(config: Config) -> str:
     """The fully resolved config as TOML (flat sections of ints, floats, strings and bools)."""
@@ -63,7 +64,8 @@ def run_state(path: Path, config: Config | None = None) -> tuple[str, str]:
     - busy: another process holds the store's writer lock (it is training the run now).
     - conflict (only when ``config`` is given): the folder's config.toml is not a valid
       config, or differs from ``config``.
-    - damaged: the store cannot be read. It may hold a finished run, so it is never deleted.
+    - damaged: the store cannot be read, or a partial one does not hold what its writer
+      committed (``logstore.verify_store``). It may hold a finished run: never deleted.
     """
     saved = path / "config.toml"
     if config is not None and saved.exists():
@@ -86,16 +88,31 @@ def run_state(path: Path, config: Config | None = None) -> tuple[str, str]:
         return "damaged", f"{err}; move the run away (or delete it) to train it again"
     if attrs.get("status") == "complete":
         return "complete", ""
+    try:  # a resume writes into it: it must hold exactly what was committed
+        verify_store(store)
+    except StoreError as err:
+        return "damaged", f"{err}; move the run away (or delete it) to train it again"
     return "partial", "resume" if (path / "checkpoints" / RESUME).exists() else "restart"
 
 
 def write_config(config: Config, out: Path) -> None:
-    """``out/config.toml``, written whole or not at all (a sweep reads it back as the run's config)."""
+    """``out/config.toml``, written whole or not at all, and never over another config: of two
+    processes preparing one folder at once, the second finds the first's file and must agree
+    with it (a sweep, and a later resume, read it back as the run's config)."""
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.toml"
-    tmp = saved.with_suffix(".tmp")
+    tmp = out / f"config.toml.{os.getpid()}.tmp"
     tmp.write_text(to_toml(config))
-    tmp.replace(saved)
+    try:
+        os.link(tmp, saved)  # atomic, and fails if the file exists
+    except FileExistsError:
+        there = from_dict(read_toml(saved), str(saved))
+        if there != config:
+            diff = config_differences(there, config)
+            raise ConfigError(f"{out}: holds a run with a different config ({'; '.join(diff[:3])}"
+                              f"{'; ...' if len(diff) > 3 else ''}); delete it or use another --out") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def prepare_run(config: Config, out: Path) -> None:
@@ -133,6 +150,21 @@ def check_resumable(config: Config, out: Path) -> None:
     if from_dict(read_toml(saved), str(saved)) != config:
         raise ConfigError(f"{out}: the run was started with a different config; resume it with its own: "
                           f"phasefit train {saved} --out {out} --resume")
+    check_recorded_config(config, out)
+
+
+def check_recorded_config(config: Config, out: Path) -> None:
+    """The config a resume would train with must be the one the store recorded when the run
+    started: config.toml may have been edited since, and the store's config is the truth."""
+    recorded = json_attribute(check_store(out / STORE_NAME)[1], "config", {})
+    try:
+        trained = from_dict(recorded, f"{out / STORE_NAME} (its config attribute)")
+    except ConfigError as err:
+        raise ConfigError(f"{out}: the store's recorded config is not a valid config ({err}); it cannot be resumed") from None
+    diff = config_differences(trained, config)
+    if diff:
+        raise ConfigError(f"{out}: config.toml differs from the config the store was trained with ({'; '.join(diff[:3])}"
+                          f"{'; ...' if len(diff) > 3 else ''}); put the recorded values back to resume it")
 
 
 def train_folder(path: Path, config: Config, device: torch.device, resume: bool,
@@ -159,18 +191,41 @@ def train_folder(path: Path, config: Config, device: torch.device, resume: bool,
                f"  of which {parts}")
 
 
-def train_from_cli(config_path: str, out: str | None, overrides: list[str], device: str, resume: bool) -> int:
-    """``phasefit train``: a new run in a folder of its own, or ``--resume`` of a partial one."""
+def train_from_cli(config_path: str, out: str | None, overrides: list[str], device: str, resume: bool,
+                   restart: bool = False) -> int:
+    """``phasefit train``: a new run in a folder of its own, ``--resume`` of a partial one, or
+    ``--restart`` of a partial one from scratch (its store and checkpoints deleted)."""
     config = with_absolute_paths(load_config(config_path, overrides))
     run_dir = Path(out) if out else Path("runs") / (config.name or Path(config_path).stem)
     dev = resolve_device(device)
+    if resume and restart:
+        raise ConfigError("--resume and --restart: choose one (continue the run, or start it over)")
     if resume:
         check_resumable(config, run_dir)
+    elif restart:
+        start_over(config, run_dir)
     else:
         prepare_run(config, run_dir)
+    stop_on_sigterm()
     code, line = train_folder(run_dir, config, dev, resume, progress=sys.stderr.isatty() or None)
     print(line, file=sys.stdout if code == 0 else sys.stderr)
     return code
+
+
+def start_over(config: Config, out: Path) -> None:
+    """For ``--restart``: delete the partial run in ``out`` (of this config), keeping its config.toml."""
+    state, why = run_state(out, config)
+    if state != "partial":
+        raise ConfigError({"new": f"{out}: no run to restart (no {STORE_NAME}); train it without --restart",
+                           "complete": f"{out}: the run is complete; delete it yourself to train it again"}.get(state, why))
+    for stale in [out / STORE_NAME, out / "checkpoints", *out.glob(f"{STORE_NAME}.creating-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's stop, a cancelled job, ``kill``) stops training as Ctrl-C does:
+    between steps, with the resume state saved."""
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
 def train_run(path: Path, device: str) -> int:
@@ -194,10 +249,10 @@ def train_run(path: Path, device: str) -> int:
     check_references(config)
     dev = resolve_device(device)
     resume = how == "resume"
-    if state == "partial" and not resume:
-        # No resume state (killed before its first one): nothing to keep but the config.
-        for stale in [path / STORE_NAME, path / "checkpoints", *path.glob(f"{STORE_NAME}.creating-*")]:
-            shutil.rmtree(stale, ignore_errors=True)
+    if resume:
+        check_recorded_config(config, path)
+    elif state == "partial":  # no resume state (killed before its first one): start over
+        start_over(config, path)
     print(f"{path}: {'resuming' if resume else 'starting'} on {dev} ({torch.get_num_threads()} CPU threads)", flush=True)
     code, line = train_folder(path, config, dev, resume)
     print(line)
@@ -210,9 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    # A scheduler stops a task with SIGTERM (Slurm preemption, a cancelled job): save the
-    # resume state as for Ctrl-C, which the trainer honours between steps.
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    stop_on_sigterm()
     try:
         code = train_run(Path(args.run_dir), args.device)
     except (ConfigError, StoreError) as err:  # bad input: one line

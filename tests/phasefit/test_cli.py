@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from logstore import open_run
+from logstore.durable import WriterLock
 from phasefit.cli import main
 from phasefit.simulate import simulate, to_store
 from tests.helpers import run_cli
@@ -22,11 +23,14 @@ def runs_dir(tmp_path_factory):
     for name, n, seed in (("n300-s0", 300, 0), ("n300-s1", 300, 1), ("n600-s0", 600, 0)):
         to_store(simulate(n_individuals=n, n_heldout=30, seed=seed), root / name)
     to_store(simulate(n_individuals=300, n_heldout=30, seed=5), root / "live", status="running", committed=100)
+    writing = WriterLock(root / "live" / "metrics.zarr")  # as its trainer would, while it runs
+    writing.acquire()
     broken = to_store(simulate(n_individuals=100, n_heldout=10, seed=6), root / "broken")
     for chunk in (broken / "metrics.zarr" / "loss").rglob("c*"):
         if chunk.is_file():
             chunk.write_bytes(b"garbage")
-    return root
+    yield root
+    writing.release()
 
 
 def test_detect_json_table_and_files(runs_dir):
