@@ -56,6 +56,7 @@ def train_losses(out):
     return logstore.open_run(out / "metrics.zarr").train_loss.values
 
 
+@pytest.mark.slow  # trains a model
 def test_a_patched_run_is_its_references_twin_until_patching_starts(tmp_path, quick_reference):
     # Patching from step 20 with the reference's final attention: the same batches and the same
     # initial parameters, so the same losses up to step 20, then different ones.
@@ -79,6 +80,7 @@ def test_a_patched_run_is_its_references_twin_until_patching_starts(tmp_path, qu
     assert not np.allclose(reference.attn_sharpness.values[after][-1], signature[0])
 
 
+@pytest.mark.slow  # trains a model
 @pytest.mark.parametrize("extra, message", [
     (["patch.reference={tmp}/nowhere"], "patch.reference = {tmp}/nowhere: not a run folder (no config.toml)"),
     (["patch.reference={ref}", "patch.reference_step=7"], "patch.reference_step = 7: {ref} kept no weights of that "
@@ -96,6 +98,7 @@ def test_bad_references_give_one_line_and_write_nothing(tmp_path, quick_referenc
     assert not (out / "metrics.zarr").exists()
 
 
+@pytest.mark.slow  # trains a model
 def test_a_finetuning_run_starts_from_the_finished_model(tmp_path, quick_reference):
     config, out = quick_run(tmp_path, "finetune", f"train.init_from={quick_reference}", "world.n_finetune=30",
                             "sampling.kind=finetune", "sampling.replay_weight=0.5", "train.lr_schedule=constant")
@@ -115,6 +118,7 @@ def test_a_finetuning_run_starts_from_the_finished_model(tmp_path, quick_referen
     assert 0.55 < new_share < 0.8
 
 
+@pytest.mark.slow  # trains a model
 def test_a_sequential_run_visits_one_group_at_a_time(tmp_path):
     config, out = quick_run(tmp_path, "sequential", "sampling.kind=sequential", "sampling.n_groups=2")
     loop.train(config, out, CPU, progress=False)

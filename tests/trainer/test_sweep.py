@@ -225,6 +225,7 @@ def test_a_run_whose_store_cannot_be_read_is_reported_and_kept(tmp_path):
     assert sorted(run.rglob("*")) == files and len(meta.read_text()) == 60
 
 
+@pytest.mark.slow  # trains a model
 def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path):
     """One run diverges: it is reported, the runs that do not need it complete, the run that
     fine-tunes from it is not started; the fine-tuning run of the good one starts from its weights."""

@@ -12,6 +12,7 @@ from tests.helpers import QUICK, TINY, quick_run, run_cli
 from trainer import loop
 from trainer.config import load_config
 
+@pytest.mark.slow  # trains a model
 def test_a_run_writes_the_schema_and_log_spaced_checkpoints(tmp_path):
     config, out = quick_run(tmp_path, "a")
     summary = loop.train(config, out, torch.device("cpu"), progress=False)
@@ -38,6 +39,7 @@ def test_a_run_writes_the_schema_and_log_spaced_checkpoints(tmp_path):
     assert ds.attrs["condition_label"] == "uniform"
 
 
+@pytest.mark.slow  # trains a model
 def test_a_warmup_runs_store_holds_its_stages(tmp_path):
     config, out = quick_run(tmp_path, "warm", "sampling.kind=warmup", "sampling.warmup_individuals=16",
                             "sampling.warmup_epochs=2")
@@ -63,6 +65,7 @@ def interrupt_at(step: int, monkeypatch):
     return lambda: monkeypatch.setattr(loop.Sampler, "sample", original)
 
 
+@pytest.mark.slow  # trains a model
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     config, straight = quick_run(tmp_path, "straight")
     loop.train(config, straight, torch.device("cpu"), progress=False)
@@ -86,6 +89,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     assert b.attrs["status"] == "complete"
 
 
+@pytest.mark.slow  # trains a model
 def test_a_diverged_run_stops_and_its_store_stays_readable(tmp_path, monkeypatch):
     config, out = quick_run(tmp_path, "nan")
     forward = loop.Transformer.forward
@@ -127,6 +131,7 @@ def test_paths_of_the_wrong_kind_give_one_line(tmp_path, capsys, args, message):
     assert (tmp_path / "a_file").read_text() == "results\n"  # nothing written over
 
 
+@pytest.mark.slow  # trains a model
 def test_the_command_printed_on_ctrl_c_resumes_the_run(tmp_path, monkeypatch, capsys):
     """The run was started with --set overrides: the printed command (the run's own config.toml)
     continues it, and the first command again names that one."""
@@ -143,6 +148,7 @@ def test_the_command_printed_on_ctrl_c_resumes_the_run(tmp_path, monkeypatch, ca
     assert logstore.open_run(out / "metrics.zarr").attrs["status"] == "complete"
 
 
+@pytest.mark.slow  # trains a model
 def test_a_damaged_resume_state_is_one_line_and_leaves_the_store(tmp_path, monkeypatch, capsys):
     from phasefit.cli import main
 
@@ -160,6 +166,7 @@ def test_a_damaged_resume_state_is_one_line_and_leaves_the_store(tmp_path, monke
     assert logstore.open_run(out).step.values.tolist() == steps
 
 
+@pytest.mark.slow  # trains a model
 def test_cli_trains_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
     proc = run_cli("train", str(TINY), "--out", str(out), *[f"--set={s}" for s in QUICK], check=True)
