@@ -30,6 +30,17 @@ Noise: each fact's loss is multiplied by a mean-one log-normal factor (``fact_no
 whole step by ``1 + noise * z`` (training noise shared by every fact, which a bootstrap over
 individuals cannot see). Before acquisition a fact is correct by chance with probability
 ``flicker``, so "first evaluation after which it stays correct" is exercised.
+
+The messiness of real runs, each off by default (so that the detectors' own model is not all
+they are tested on): ``noise_ar``, the lag-one autocorrelation of the shared step noise z;
+``drift``, a plateau that is not flat: the trained facts' loss sinks linearly in log-step from
+B_a at t1 to (1 - drift) B_a at t2, where knowledge emerges from there; ``spikes``, (step,
+factor) pairs that multiply the whole evaluation nearest that step (a loss spike);
+``individual_effect``, the share of the acquisition copula's variance that an individual's
+six facts share (facts of one individual learned together); ``seed_spread``, the relative
+spread of a run's true t2 and t3 around the values given (the condition's), drawn from the
+seed, so that seeds of one condition differ by a known amount (``truth(ds)["condition"]``
+keeps the condition's values, the other entries are the run's own).
 """
 
 from __future__ import annotations
@@ -92,6 +103,11 @@ def simulate(
     seed: int = 0,
     sampling_kind: str | None = None,
     status: str = "complete",
+    noise_ar: float = 0.0,
+    drift: float = 0.0,
+    spikes: tuple = (),
+    individual_effect: float = 0.0,
+    seed_spread: float = 0.0,
 ) -> xr.Dataset:
     """Simulate one run's evaluation records; return a Dataset in the store's schema.
 
@@ -106,6 +122,10 @@ def simulate(
     t2 = 0.25 * n_steps if t2 is None else float(t2)
     t3 = 0.65 * n_steps if t3 is None else float(t3)
     onset = t2 if hallucination_onset is None else float(hallucination_onset)
+    condition = {"t1": t1, "t2": t2, "t3": t3, "plateau_length": t2 - t1, "hallucination_onset": onset}
+    if seed_spread:  # this seed's run: its plateau ends earlier or later than the condition's
+        shift = float(np.exp(seed_spread * np.random.default_rng([seed, 7]).standard_normal()))
+        t2, t3, onset = t2 * shift, t3 * shift, onset * shift
     steps = evaluation_steps(n_steps, n_evals)
     n_t, n_a = len(steps), len(ATTRIBUTES)
     log_t = np.log(np.maximum(steps, 1)).astype(np.float32)
@@ -116,7 +136,9 @@ def simulate(
 
     # Acquisition: a log-uniform quantile u per fact, rank-coupled through a Gaussian copula.
     z_rank = _normal_quantiles(n_individuals)
-    z = rank_effect * z_rank[:, None] + np.sqrt(1 - rank_effect**2) * rng.standard_normal((n_individuals, n_a))
+    own = np.sqrt(individual_effect) * rng.standard_normal((n_individuals, 1)) if individual_effect else 0.0
+    z = (rank_effect * z_rank[:, None] + own
+         + np.sqrt(max(1 - rank_effect**2 - individual_effect, 0.0)) * rng.standard_normal((n_individuals, n_a)))
     u = ndtr(z)
     acquired = u < final_accuracy
     # Falls start log-uniformly on [t2, t3] shifted back by half a fall, so the expected curve
@@ -129,7 +151,10 @@ def simulate(
     # Phase 1 (common to every fact) and the held-out over-confidence, per step.
     phase1 = np.clip(1 - np.log1p(steps) / np.log1p(t1), 0, 1).astype(np.float32)
     halluc = np.clip((np.log(np.maximum(steps, 1)) - np.log(onset)) / (np.log(t3) - np.log(onset)), 0, 1)
-    step_factor = 1 + noise * rng.standard_normal(n_t)
+    sink = drift * _plateau_share(steps, t1, t2)  # the plateau's drift below B, as a share of B
+    step_factor = 1 + noise * _ar1(rng, n_t, noise_ar)
+    for at, factor in spikes:
+        step_factor[int(np.argmin(np.abs(steps - at)))] *= factor
 
     # Which individuals are evaluated at which step.
     evaluated = np.ones((n_t, n_total), dtype=bool)
@@ -152,7 +177,8 @@ def simulate(
     for k in range(n_t):  # one step at a time keeps memory at paper scale bounded
         known = _ramp(log_t[k], log_acq32, fact_width)  # (train, attribute) in [0, 1]
         level = np.empty((n_total, n_a), dtype=np.float32)
-        level[:n_individuals] = b + (final_loss - b) * known
+        plateau = b * np.float32(1 - sink[k])
+        level[:n_individuals] = plateau + (final_loss - plateau) * known
         level[n_individuals:] = b * (1 + hallucination * halluc[k])
         level += initial_loss * phase1[k]
         factor = np.exp(sigma * rng.standard_normal((n_total, n_a), dtype=np.float32) - sigma**2 / 2)
@@ -189,12 +215,13 @@ def simulate(
 
     truth = {"t1": t1, "t2": t2, "t3": t3, "plateau_length": t2 - t1,
              "hallucination_onset": onset, "final_accuracy": final_accuracy,
-             "baseline": float(baseline.mean())}
+             "baseline": float(baseline.mean()), "condition": condition}
     params = dict(n_individuals=n_individuals, n_heldout=n_heldout, n_steps=n_steps, n_evals=n_evals,
                   final_accuracy=final_accuracy, initial_loss=initial_loss, final_loss=final_loss,
                   fact_width=fact_width, noise=noise, fact_noise=fact_noise, flicker=flicker,
                   alpha=alpha, rank_effect=rank_effect, hallucination=hallucination,
-                  eval_subset=eval_subset, n_full=n_full, seed=seed)
+                  eval_subset=eval_subset, n_full=n_full, seed=seed, noise_ar=noise_ar, drift=drift,
+                  spikes=[list(x) for x in spikes], individual_effect=individual_effect, seed_spread=seed_spread)
     kind = sampling_kind or ("power_law" if alpha > 0 else "uniform")
     config = {"seed": seed, "name": f"sim-N{n_individuals}-a{alpha:g}-s{seed}",
               "world": {"n_individuals": n_individuals, "n_heldout": n_heldout, "n_finetune": 0},
@@ -248,6 +275,24 @@ def set_config(ds: xr.Dataset, config: dict) -> xr.Dataset:
     ds.attrs["config"] = json.dumps(config, sort_keys=True)
     ds.attrs.update(trainer_attributes(config, int((ds["split"].values == "train").sum())))
     return ds
+
+
+def _plateau_share(steps: np.ndarray, t1: float, t2: float) -> np.ndarray:
+    """0 up to t1, 1 from t2 on, linear in log(step) between: how far a drift has gone."""
+    x = np.log(np.maximum(steps, 1).astype(float))
+    return np.clip((x - np.log(t1)) / (np.log(t2) - np.log(t1)), 0.0, 1.0)
+
+
+def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
+    """n steps of a stationary AR(1) series with unit variance and lag-one correlation ``phi``."""
+    e = rng.standard_normal(n)
+    if not phi:
+        return e
+    z = np.empty(n)
+    z[0] = e[0]
+    for k in range(1, n):
+        z[k] = phi * z[k - 1] + np.sqrt(1 - phi**2) * e[k]
+    return z
 
 
 def _normal_quantiles(n: int) -> np.ndarray:
@@ -317,7 +362,8 @@ def expected_curve(ds: xr.Dataset, split: str = "train", steps=None):
     if split == "train":
         start = np.log(truth_["t2"]) - w / 2 + (np.arange(4000) + 0.5) / 4000 * (np.log(truth_["t3"]) - np.log(truth_["t2"]))
         known = fa * np.mean(_ramp(x[:, None], start[None, :], w), axis=1)
-        loss = base + p["initial_loss"] * phase1 + (p["final_loss"] - base) * known
+        plateau = base * (1 - p.get("drift", 0.0) * _plateau_share(steps, truth_["t1"], truth_["t2"]))
+        loss = plateau + p["initial_loss"] * phase1 + (p["final_loss"] - plateau) * known
     else:
         onset = truth_["hallucination_onset"]
         rise = np.clip((x - np.log(onset)) / (np.log(truth_["t3"]) - np.log(onset)), 0, 1)
