@@ -100,12 +100,12 @@ def test_a_run_stopped_before_its_first_resume_state_can_be_restarted(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_a_resume_state_and_the_run_continues(tmp_path):
     out = tmp_path / "run"
-    sets = QUICK + ["train.steps=4000", "eval.n_evals=40", "train.checkpoint_every_s=3600"]  # later --set wins
+    sets = QUICK + ["train.steps=1000", "eval.n_evals=20", "train.checkpoint_every_s=3600"]  # later --set wins
     proc = subprocess.Popen([sys.executable, "-m", "phasefit.cli", "train", str(TINY), "--out", str(out),
                              *[arg for s in sets for arg in ("--set", s)]],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while logstore.committed_train_steps(out) < 200 and time.monotonic() < deadline:
+    while logstore.committed_train_steps(out) < 100 and time.monotonic() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)  # long before its first periodic resume state
     _, err = proc.communicate(timeout=120)
