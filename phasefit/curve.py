@@ -158,15 +158,20 @@ class Curve:
         if path.is_dir():
             raise PhasefitError(f"{path}: a folder, not a CSV file")
         try:
-            table = pd.read_csv(path)
+            header = pd.read_csv(path, nrows=0).columns
+            columns = {str(c).strip().lower(): c for c in header}
+            missing = [c for c in ("step", "loss") if c not in columns]
+            if missing:
+                raise PhasefitError(f"{path}: no '{missing[0]}' column (columns: {', '.join(map(str, header))})")
+            # Only the columns used: a training log's other columns would multiply the memory.
+            table = pd.read_csv(path, usecols=[columns[c] for c in ("step", "loss", "accuracy") if c in columns])
         except FileNotFoundError:
             raise PhasefitError(f"{path}: no such file") from None
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise PhasefitError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
-        columns = {str(c).strip().lower(): c for c in table.columns}
-        missing = [c for c in ("step", "loss") if c not in columns]
-        if missing:
-            raise PhasefitError(f"{path}: no '{missing[0]}' column (columns: {', '.join(map(str, table.columns))})")
+        except MemoryError:
+            raise PhasefitError(f"{path}: too large to read into memory ({path.stat().st_size / 2**20:.0f} MiB); "
+                                "keep fewer rows (every k-th step) and try again") from None
 
         def numbers(name: str):
             raw = table[columns[name]]
