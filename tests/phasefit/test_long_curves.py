@@ -118,7 +118,8 @@ def test_detect_a_million_row_csv_in_bounded_memory(tmp_path):
     loss = broken_line(step) * (1 + 0.01 * np.random.default_rng(0).standard_normal(n))
     path = tmp_path / "every-step.csv"
     path.write_text("step,loss\n" + "\n".join(map("{:.4f},{:.6g}".format, step.tolist(), loss.tolist())) + "\n")
-    # A fresh interpreter measures its one child, so no earlier subprocess of this session counts.
+    # A small fresh interpreter measures its one child: Linux keeps a peak RSS across fork and exec,
+    # so a child of this (large) process, or an earlier child, would count this process too.
     proc = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "phasefit.cli", "detect", "--curve",
                            str(path), "--baseline", str(B), "--json"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
