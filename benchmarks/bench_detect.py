@@ -7,12 +7,15 @@
     python benchmarks/bench_detect.py --select   # the detector-selection measurements (accuracy
                                                  # and speed of every ruptures search x cost, and of
                                                  # the threshold rules and segmented fits)
+    python benchmarks/bench_detect.py --long-curve  # only phasefit detect --curve on a CSV of 10^6
+                                                 # rows (--small: 10^5): wall time and peak memory
 
 Runs come from ``phasefit.simulate`` and are written through ``logstore.RunWriter``; what is
 timed is what a user runs: ``phasefit.detect(logstore.open_run(path))`` with every per-fact
 analysis (acquisition steps, exposures, decile and attribute summaries, acquired fractions),
 200 bootstrap replicates, the hallucination onset and gap, method auto; and the command
-``phasefit detect RUNS_DIR --json`` in a fresh interpreter. Two evaluation plans at paper
+``phasefit detect RUNS_DIR --json`` in a fresh interpreter, and ``phasefit detect --curve``
+on a long CSV (every training step), whose peak resident memory is measured too. Two evaluation plans at paper
 scale: "full" (every fact at every step: the most work) and "subset" (heavier than the
 trainer's default plan: 4096 individuals per split at every step, everyone at 24 steps). Prints a table, then one
 JSON object per measurement: {"bench", "metric", "value", "unit", "device", "config"}.
@@ -54,10 +57,11 @@ class Scale:
     evals: tuple = (50, 100, 200, 400)
     evals_individuals: int = 4000
     plans: tuple = ("full", "subset")
+    curve_rows: int = 1_000_000
 
 
 SMALL = Scale(n_train=8000, n_heldout=2000, n_runs=20, run_counts=(5, 20), individuals=(1000, 4000),
-              evals=(50, 200), evals_individuals=1000)
+              evals=(50, 200), evals_individuals=1000, curve_rows=100_000)
 
 
 def device() -> str:
@@ -177,6 +181,48 @@ def bench_scaling(scale: Scale, report: Report) -> None:
                    f"{ds.sizes['step']} evaluation steps ({n} individuals)")
 
 
+# Run by a fresh, small interpreter: Linux keeps a process's peak RSS across exec, so a command
+# started from this (large) process directly would report this process's size as its peak.
+MEASURE = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.call(sys.argv[1:])
+print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)
+"""
+
+
+def peak_run(args: list[str]) -> tuple[float, float, str]:
+    """Run ``args``; return its wall time (s), the peak resident memory of that one process
+    (MiB) and its standard output."""
+    proc = subprocess.run([sys.executable, "-c", MEASURE, *args], cwd=ROOT, capture_output=True, text=True)
+    *out, last = proc.stdout.rstrip("\n").split("\n")
+    seconds, peak_kib, code = last.split()
+    if code != "0":
+        raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr}")
+    return float(seconds), int(peak_kib) / 1024, "\n".join(out)  # ru_maxrss: KiB on Linux
+
+
+def bench_long_curve(scale: Scale, scratch: Path, report: Report) -> None:
+    """``phasefit detect --curve`` on a CSV with a row per training step: a broken line in
+    log-step (corners 320, 4000, 10400 of 16k steps; B 5, final 0.5 nats) with 1% noise."""
+    n = scale.curve_rows
+    print(f"phasefit detect --curve on a CSV of {n} rows", flush=True)
+    path = scratch / f"curve-{n}.csv"
+    if not path.exists():
+        step = np.linspace(0, 16_000, n)
+        x, (x1, x2, x3) = np.log1p(step), np.log1p([320, 4000, 10_400])
+        loss = np.where(x < x1, 10 - 5 * x / x1, np.where(x < x2, 5, np.where(x < x3, 5 - 4.5 * (x - x2) / (x3 - x2), 0.5)))
+        loss *= 1 + 0.01 * np.random.default_rng(0).standard_normal(n)
+        path.write_text("step,loss\n" + "\n".join(map("{:.4f},{:.6g}".format, step.tolist(), loss.tolist())) + "\n")
+    seconds, peak, out = peak_run([sys.executable, "-m", "phasefit.cli", "detect", "--curve", str(path), "--baseline",
+                                   "5", "--json"])
+    row = json.loads(out)[0]
+    config = {"rows": n, "csv_mib": round(path.stat().st_size / 2**20, 1), "method": "auto",
+              "found": [round(row[k]) if row[k] is not None else None for k in ("t1", "t2", "t3")]}
+    report.add(f"cli_curve_{n}_rows_s", seconds, "s", config, f"phasefit detect --curve, {n} rows, fresh process")
+    report.add(f"cli_curve_{n}_rows_peak_rss_mib", peak, "MiB", config, "  its peak resident memory")
+
+
 def bench_select(report: Report, seeds: int = 3) -> None:
     """Accuracy (error in % of the run, worst over scenarios) and time of each candidate."""
     from phasefit.summary import population_curves, split_curve
@@ -226,6 +272,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="a small, quick configuration")
     parser.add_argument("--select", action="store_true", help="only the detector-selection measurements")
+    parser.add_argument("--long-curve", action="store_true", help="only phasefit detect --curve on a long CSV")
     parser.add_argument("--dir", help="scratch folder for the stores (kept, and reused when run again)")
     args = parser.parse_args()
     scale = SMALL if args.small else Scale()
@@ -238,9 +285,14 @@ def main() -> None:
     scratch = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_detect_"))
     scratch.mkdir(parents=True, exist_ok=True)
     try:
+        if args.long_curve:
+            bench_long_curve(scale, scratch, report)
+            report.emit()
+            return
         bench_paper(scale, scratch, report)
         bench_many(scale, scratch, report)
         bench_scaling(scale, report)
+        bench_long_curve(scale, scratch, report)
     finally:
         if not args.dir:
             shutil.rmtree(scratch, ignore_errors=True)

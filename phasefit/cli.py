@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("phasefit: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # whatever ran out: one line, never a traceback
+        print("phasefit: error: out of memory (the input is too large for this machine's memory)", file=sys.stderr)
+        return 1
     except Exception as err:
         if isinstance(err, _user_errors()):
             print(f"phasefit: error: {err}", file=sys.stderr)

@@ -36,8 +36,9 @@ class Detector:
         return self.clone()
 
     def fit(self, curve: Curve) -> "Detector":
-        """Locate t1, t2, t3 on ``curve``; return self."""
-        found = self._boundaries(curve)
+        """Locate t1, t2, t3 on ``curve``; return self. A long curve is first reduced to log-step
+        cells (``Curve.reduced``): bounded memory, the same phases."""
+        found = self._boundaries(curve.reduced())
         self.t1_, self.t2_, self.t3_ = found.t1, found.t2, found.t3
         self.notes_, self.diagnostics_ = found.notes, found.diagnostics
         return self

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from phasefit.curve import Curve, estimate_noise
+from phasefit.curve import Curve, estimate_noise, row_noise
 from phasefit.detectors.base import Detector
 from phasefit.rules import Boundaries, label_knots
 
@@ -77,19 +77,21 @@ class ChangepointDetector(Detector):
         inner = [b if self.cost == "l2" else b - 1 for b in bkps[:-1]]
         knots_x, levels = knots_from_pieces(x, g, [0, *inner, len(x) - 1])
         found = label_knots(np.expm1(knots_x), levels, curve.baseline, self.t1_tol, self.t2_tol, self.t3_tol)
-        found.diagnostics = {"noise": estimate_noise(curve), "signal_noise": float(sigma), "penalty": float(pen),
+        found.diagnostics = {"noise": row_noise(curve), "signal_noise": float(sigma), "penalty": float(pen),
                              "n_changes": len(bkps) - 1, "knots": [round(float(k), 1) for k in np.expm1(knots_x)]}
         return found
 
 
 def resample(curve: Curve, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Average the loss onto ``n`` evenly spaced points of log(1 + step); fill empty cells
-    linearly. Returns the grid, the loss there and the number of evaluations in each cell."""
+    linearly. Returns the grid, the loss there and the number of evaluations in each cell
+    (a reduced curve's points count, and weigh, as the rows they average)."""
     xs = curve.log_step
     x = np.linspace(xs[0], xs[-1], n)
     cell = np.clip(np.rint((xs - x[0]) / (x[1] - x[0])).astype(int), 0, n - 1)
-    count = np.bincount(cell, minlength=n)
-    total = np.bincount(cell, weights=curve.loss, minlength=n)
+    w = np.ones(len(xs)) if curve.weight is None else curve.weight
+    count = np.bincount(cell, weights=w, minlength=n)
+    total = np.bincount(cell, weights=w * curve.loss, minlength=n)
     filled = count > 0
     g = np.empty(n)
     g[filled] = total[filled] / count[filled]

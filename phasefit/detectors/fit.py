@@ -32,7 +32,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.special import expit
 
-from phasefit.curve import Curve, estimate_noise
+from phasefit.curve import Curve, row_noise
 from phasefit.detectors.base import Detector
 from phasefit.rules import Boundaries, rules_on
 
@@ -95,18 +95,20 @@ class SegmentedFitDetector(Detector):
                                                  f"nats, baseline {base:.3g} nats"])
         start = max(near[0] - 1, 0)
         x, y = curve.log_step[start:], curve.loss[start:]
+        # A reduced curve's cells weigh by their rows: the least squares of the rows themselves.
+        w = None if curve.weight is None else curve.weight[start:]
         if len(y) < 6:
             return Boundaries(None, None, None, [f"only {len(y)} evaluations near the baseline: too few to fit"],
                               {"skipped": True})
-        noise = estimate_noise(curve)
+        noise = row_noise(curve)
         f_scale = None if self.robust is None else self.robust * max(noise, 1e-6 * base)
         smooth = self.model == "smooth"
         if self.init is not None:
             knots0 = np.clip(np.log1p(np.asarray(self.init, dtype=float)), x[0], x[-1])
-            fit = fit_broken_line(x, y, np.sort(knots0), smooth, f_scale)
+            fit = fit_broken_line(x, y, np.sort(knots0), smooth, f_scale, w)
             bic = {len(knots0): None}
         else:
-            fit, bic = select_knots(x, y, min(self.max_knots, (len(y) - 2) // 3), smooth, f_scale)
+            fit, bic = select_knots(x, y, min(self.max_knots, (len(y) - 2) // 3), smooth, f_scale, w)
         self.knots_ = np.expm1(fit["knots"])
 
         grid = np.union1d(np.linspace(x[0], x[-1], GRID), fit["knots"])
@@ -126,19 +128,22 @@ class SegmentedFitDetector(Detector):
         return found
 
 
-def select_knots(x: np.ndarray, y: np.ndarray, max_knots: int, smooth: bool, f_scale) -> tuple[dict, dict]:
+def select_knots(x: np.ndarray, y: np.ndarray, max_knots: int, smooth: bool, f_scale,
+                 w: np.ndarray | None = None) -> tuple[dict, dict]:
     """Knots added one at a time where each lowers the squared error most (the others fixed;
     every candidate evaluation scored at once by projection), the number K chosen by BIC,
-    n log(RSS / n) + (2 K + 2) log n, then all K knots refined together. Returns the refined
-    fit and the BIC of every K tried."""
+    n log(RSS / n) + (2 K + 2) log n, then all K knots refined together. ``w``: weights of
+    the points (rows per cell of a reduced curve; the squared errors are weighted). Returns
+    the refined fit and the BIC of every K tried."""
     n = len(y)
+    sw = np.ones_like(x) if w is None else np.sqrt(w)
     candidates = x[1:-1]
-    hinges = np.maximum(x[:, None] - candidates[None, :], 0.0)  # a column per candidate knot
+    hinges = sw[:, None] * np.maximum(x[:, None] - candidates[None, :], 0.0)  # a column per candidate knot
     knots, chosen, bic = np.zeros(0), np.zeros(0), {}
     for k in range(1, max(max_knots, 1) + 1):
-        X = np.column_stack([np.ones_like(x), x, np.maximum(x[:, None] - knots[None, :], 0.0)])
+        X = sw[:, None] * np.column_stack([np.ones_like(x), x, np.maximum(x[:, None] - knots[None, :], 0.0)])
         Q, _ = np.linalg.qr(X)
-        r = y - Q @ (Q.T @ y)
+        r = sw * y - Q @ (Q.T @ (sw * y))
         H = hinges - Q @ (Q.T @ hinges)  # each candidate column, orthogonal to the current design
         norm = np.einsum("ij,ij->j", H, H)
         gain = np.where(norm > 1e-12 * n, (H.T @ r) ** 2 / np.maximum(norm, 1e-300), -np.inf)
@@ -148,7 +153,7 @@ def select_knots(x: np.ndarray, y: np.ndarray, max_knots: int, smooth: bool, f_s
         bic[k] = n * np.log(rss / n) + (2 * k + 2) * np.log(n)
         if len(chosen) == 0 or bic[k] < bic[len(chosen)]:
             chosen = knots
-    return fit_broken_line(x, y, chosen, smooth, f_scale), bic
+    return fit_broken_line(x, y, chosen, smooth, f_scale, w), bic
 
 
 def _hinges(x: np.ndarray, knots: np.ndarray, width: float, smooth: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -166,10 +171,12 @@ def broken_line(x, coef, knots, width, smooth):
     return coef[0] + coef[1] * np.atleast_1d(x) + h @ coef[2:]
 
 
-def fit_broken_line(x, y, knots0, smooth=False, f_scale=None) -> dict:
-    """Least-squares broken line with the knots started at ``knots0`` (log-steps); returns
-    coefficients, knots (sorted), their standard errors, and the fit's residual statistics."""
+def fit_broken_line(x, y, knots0, smooth=False, f_scale=None, w=None) -> dict:
+    """Least-squares broken line with the knots started at ``knots0`` (log-steps), the
+    squared errors weighted by ``w`` (default 1 each); returns coefficients, knots (sorted),
+    their standard errors, and the fit's residual statistics."""
     K = len(knots0)
+    sw = np.ones_like(x) if w is None else np.sqrt(w)
     span = x[-1] - x[0]
     width0 = 0.02 * span
 
@@ -178,7 +185,7 @@ def fit_broken_line(x, y, knots0, smooth=False, f_scale=None) -> dict:
         return np.column_stack([np.ones_like(x), x, h]), dh
 
     X, _ = design(knots0, width0)
-    coef0 = np.linalg.lstsq(X, y, rcond=None)[0]
+    coef0 = np.linalg.lstsq(sw[:, None] * X, sw * y, rcond=None)[0]
     p0 = np.concatenate([coef0, knots0] + ([[np.log(width0)]] if smooth else []))
 
     def unpack(p):
@@ -187,7 +194,7 @@ def fit_broken_line(x, y, knots0, smooth=False, f_scale=None) -> dict:
     def residual(p):
         coef, knots, width = unpack(p)
         X, _ = design(knots, width)
-        return X @ coef - y
+        return sw * (X @ coef - y)
 
     def jacobian(p):
         coef, knots, width = unpack(p)
@@ -196,7 +203,7 @@ def fit_broken_line(x, y, knots0, smooth=False, f_scale=None) -> dict:
         if smooth:  # d/d(log s) of s log(1 + e^(u/s)) = h - u sigmoid(u/s)
             u = x[:, None] - knots[None, :]
             cols.append(((X[:, 2:] - u * dh) @ coef[2:])[:, None])
-        return np.column_stack(cols)
+        return sw[:, None] * np.column_stack(cols)
 
     lower = np.concatenate([np.full(K + 2, -np.inf), np.full(K, x[0]), [np.log(1e-4 * span)] if smooth else []])
     upper = np.concatenate([np.full(K + 2, np.inf), np.full(K, x[-1]), [np.log(0.3 * span)] if smooth else []])
@@ -215,7 +222,7 @@ def fit_broken_line(x, y, knots0, smooth=False, f_scale=None) -> dict:
         knot_se = np.full(K, np.nan)
     order = np.argsort(knots)
     coef = np.concatenate([coef[:2], coef[2:][order]])
-    total = np.sum((y - y.mean()) ** 2)
+    total = np.sum(sw**2 * (y - np.average(y, weights=sw**2)) ** 2)
     return {"coef": coef, "knots": knots[order], "width": float(width), "knot_se": knot_se[order],
             "rss": float(np.sum(r**2)), "residual_sd": residual_sd,
             "r2": float(1 - np.sum(r**2) / total) if total > 0 else float("nan"), "converged": bool(result.success)}

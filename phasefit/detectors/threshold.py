@@ -47,6 +47,7 @@ class ThresholdDetector(Detector):
     def fit_replicates(self, curve: Curve, losses: np.ndarray) -> np.ndarray:
         """t1, t2, t3 of every row of ``losses`` (same steps as ``curve``): (rows, 3), NaN: none."""
         window = int(self.diagnostics_.get("smooth_window", 1)) if hasattr(self, "diagnostics_") else 1
+        curve, losses = curve.reduced(), curve.reduced_losses(losses)  # the cells fit() saw
         if window > 1:
             losses = median_filter(losses, size=(1, window), mode="nearest")
         found = threshold_rules(curve, losses, self.t1_tol, self.t2_tol, self.t3_tol, self.tail)
