@@ -2,9 +2,9 @@
 
 - ``fit_scaling``: plateau end ~ a * N^b by OLS of log t2 on log N, with the interval on b
   and R^2 (the study reports 0.43 * N^0.81, R^2 = 0.998).
-- ``fit_alpha_optimum``: log plateau length ~ c0 + c1 alpha + c2 alpha^2 by OLS; the alpha of
-  the minimum, -c1 / (2 c2), with an interval from draws of the coefficients (their
-  estimated normal law): the fitted curve and the uncertainty of its minimum.
+- ``fit_alpha_optimum``: log plateau length ~ c0 + c1 alpha + c2 alpha^2 by OLS on the alphas
+  near the shortest measured plateau; the alpha of the minimum, -c1 / (2 c2), with a bootstrap
+  interval over seeds, beside the swept alpha of the shortest plateau and its neighbours.
 - ``compare_conditions``: differences of a quantity between conditions (e.g. warm-up minus
   uniform) with intervals: Welch's t interval across seeds when both sides have two runs or
   more, otherwise a normal interval from the runs' bootstrap intervals.
@@ -50,19 +50,24 @@ class ScalingFit:
 
 @dataclass
 class AlphaOptimum:
-    """log plateau ~ quadratic in alpha; the alpha that minimises it, with its interval."""
+    """The alpha that minimises a quantity (the plateau length): a parabola in log(value)
+    fitted near the shortest measured plateau, with a bootstrap interval over seeds."""
 
     quantity: str
     alpha_min: float | None
     alpha_ci: list | None
     value_at_min: float | None
-    coef: list  # c0, c1, c2 of log(value) = c0 + c1 alpha + c2 alpha^2
+    coef: list  # c0, c1, c2 of log(value) = c0 + c1 alpha + c2 alpha^2, over ``window``
     cov: list
     r2: float
     n_runs: int
     alphas: list
     group: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    window: list = field(default_factory=list)  # the alphas the parabola was fitted on
+    alpha_grid_min: float | None = None  # the swept alpha with the shortest mean (no parabola)
+    alpha_bracket: list | None = None  # its neighbours on the grid: where the minimum lies
+    ci_kind: str = ""  # what the interval resamples
 
     def predict(self, alpha):
         alpha = np.asarray(alpha, dtype=float)
@@ -86,41 +91,102 @@ def fit_scaling(n_individuals, values, level: float = 0.95, quantity: str = "t2"
                       float(model.rsquared), int(ok.sum()), sorted(set(n[ok].astype(int).tolist())), group or {})
 
 
-def fit_alpha_optimum(alpha, values, level: float = 0.95, quantity: str = "plateau_length", n_draws: int = 4000,
-                      seed: int = 0, group: dict | None = None) -> AlphaOptimum | None:
-    """Quadratic fit of log(value) in alpha and the interval of its minimum; None if < 4 runs
-    or < 3 distinct alphas."""
+ALPHA_WINDOW = 1  # grid steps each side of the shortest plateau: a parabola through 3 alphas (docs/phasefit.md)
+
+
+def fit_alpha_optimum(alpha, values, level: float = 0.95, quantity: str = "plateau_length", n_boot: int = 2000,
+                      seed: int = 0, group: dict | None = None, window: int = ALPHA_WINDOW) -> AlphaOptimum | None:
+    """The alpha minimising ``values`` (one per run; several runs per alpha are seeds).
+
+    A parabola in log(value) is fitted (OLS) on the alphas within ``window`` grid steps of the
+    one with the shortest geometric-mean value, not on the whole sweep: a valley is rarely a
+    parabola far from its floor, and a global fit is pulled toward its shallower side. The
+    interval is a percentile bootstrap that resamples each alpha's runs (seeds) and re-chooses
+    the window, or, with one run per alpha, resamples the fit's residuals. ``alpha_grid_min``
+    and ``alpha_bracket`` need no parabola: the swept alpha with the shortest mean and its
+    neighbours. None with fewer than 4 runs or 3 distinct alphas.
+    """
     import statsmodels.api as sm
 
     a = np.asarray(alpha, dtype=float)
     y = np.asarray([np.nan if v is None else v for v in values], dtype=float)
     ok = np.isfinite(a) & np.isfinite(y) & (y > 0)
-    if ok.sum() < 4 or len(np.unique(a[ok])) < 3:
+    a, log_y = a[ok], np.log(y[ok])
+    grid = np.unique(a)
+    if len(a) < 4 or len(grid) < 3:
         return None
-    X = np.column_stack([np.ones(ok.sum()), a[ok], a[ok] ** 2])
-    model = sm.OLS(np.log(y[ok]), X).fit()
-    coef, cov = model.params, model.cov_params()
-    result = AlphaOptimum(quantity, None, None, None, coef.tolist(), np.asarray(cov).tolist(), float(model.rsquared),
-                          int(ok.sum()), sorted(set(a[ok].tolist())), group or {})
-    if coef[2] <= 0:
-        result.notes.append("no interior minimum: the fitted curve is not convex in alpha")
+    lowest, chosen = _grid_minimum(a, log_y, grid, window)
+    model = sm.OLS(log_y[chosen], _quadratic(a[chosen])).fit()
+    coef = model.params
+    i = int(np.searchsorted(grid, lowest))
+    result = AlphaOptimum(quantity, None, None, None, coef.tolist(), np.asarray(model.cov_params()).tolist(),
+                          float(model.rsquared), int(len(a)), grid.tolist(), group or {},
+                          window=np.unique(a[chosen]).tolist(), alpha_grid_min=float(lowest),
+                          alpha_bracket=[float(grid[max(i - 1, 0)]), float(grid[min(i + 1, len(grid) - 1)])])
+    if i in (0, len(grid) - 1):
+        result.notes.append(f"no minimum inside the alphas swept: the shortest {quantity} is at alpha = {lowest:g}, "
+                            "an end of the sweep")
         return result
-    lowest = float(-coef[1] / (2 * coef[2]))
-    if not a[ok].min() <= lowest <= a[ok].max():
-        edge = a[ok].min() if lowest < a[ok].min() else a[ok].max()
-        result.notes.append(f"no minimum inside the alphas swept: the fitted curve is lowest at alpha = {edge:g}")
+    found = _vertex(coef, a[chosen])
+    if found is None:
+        result.notes.append("no interior minimum: the parabola near the shortest plateau is not convex")
         return result
-    result.alpha_min = lowest
-    result.value_at_min = float(result.predict(result.alpha_min))
-    draws = np.random.default_rng(seed).multivariate_normal(coef, cov, size=n_draws)
-    convex = draws[:, 2] > 0
-    minima = -draws[convex, 1] / (2 * draws[convex, 2])
-    if convex.mean() >= 0.5:
-        lo, hi = np.quantile(minima, [(1 - level) / 2, (1 + level) / 2])
+    result.alpha_min = found
+    result.value_at_min = float(result.predict(found))
+    minima, result.ci_kind = _alpha_replicates(a, log_y, grid, window, model, chosen, n_boot, seed)
+    defined = np.isfinite(minima)
+    if defined.mean() >= 0.5:
+        lo, hi = np.quantile(minima[defined], [(1 - level) / 2, (1 + level) / 2])
         result.alpha_ci = [float(lo), float(hi)]
-    if convex.mean() < 1 - (1 - level) / 2:
-        result.notes.append(f"{1 - convex.mean():.0%} of coefficient draws have no minimum: the interval is unreliable")
+    if defined.mean() < 1 - (1 - level) / 2:
+        result.notes.append(f"{1 - defined.mean():.0%} of bootstrap replicates have no interior minimum: "
+                            "the interval is unreliable")
+    if not result.alpha_bracket[0] <= found <= result.alpha_bracket[1]:
+        result.notes.append(f"the parabola's minimum ({found:.2f}) lies outside the grid's bracket "
+                            f"[{result.alpha_bracket[0]:g}, {result.alpha_bracket[1]:g}]")
     return result
+
+
+def _quadratic(a: np.ndarray) -> np.ndarray:
+    return np.column_stack([np.ones(len(a)), a, a**2])
+
+
+def _grid_minimum(a: np.ndarray, log_y: np.ndarray, grid: np.ndarray, window: int) -> tuple[float, np.ndarray]:
+    """The swept alpha with the lowest mean log(value), and the runs within ``window`` grid steps of it."""
+    means = np.array([log_y[a == g].mean() for g in grid])
+    i = int(np.argmin(means))
+    start = max(min(i - window, len(grid) - 2 * window - 1), 0)  # at an end of the sweep: its 2w + 1 alphas
+    return float(grid[i]), np.isin(a, grid[start: start + 2 * window + 1])
+
+
+def _vertex(coef: np.ndarray, fitted: np.ndarray) -> float | None:
+    """The parabola's minimum, if it is convex and its minimum lies within the alphas fitted."""
+    if not coef[2] > 0:
+        return None
+    x = float(-coef[1] / (2 * coef[2]))
+    return x if fitted.min() <= x <= fitted.max() else None
+
+
+def _alpha_replicates(a, log_y, grid, window, model, chosen, n_boot: int, seed: int) -> tuple[np.ndarray, str]:
+    """Bootstrap minima (NaN where a replicate has none) and what was resampled."""
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(a == g) for g in grid]
+    seeds = all(len(g) >= 2 for g in groups)
+    fitted = model.fittedvalues
+    residuals = log_y[chosen] - fitted
+    out = np.full(n_boot, np.nan)
+    for b in range(n_boot):
+        if seeds:  # each alpha's runs resampled, the window chosen again
+            pick = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
+            ra, ry = a[pick], log_y[pick]
+            _, near = _grid_minimum(ra, ry, grid, window)
+            ra, ry = ra[near], ry[near]
+        else:  # one run per alpha: the fit's residuals resampled
+            ra, ry = a[chosen], fitted + rng.choice(residuals, size=len(residuals))
+        coef = np.linalg.lstsq(_quadratic(ra), ry, rcond=None)[0]
+        found = _vertex(coef, ra)
+        out[b] = np.nan if found is None else found
+    return out, "seeds (each alpha's runs resampled)" if seeds else "residuals of the fit (one run per alpha)"
 
 
 def _frame(phases) -> pd.DataFrame:
@@ -264,8 +330,11 @@ class CrossRun:
         for a in self.alpha:
             where = "none" if a.alpha_min is None else f"{a.alpha_min:.2f}"
             ci = "" if a.alpha_ci is None else f" (CI [{a.alpha_ci[0]:.2f}, {a.alpha_ci[1]:.2f}])"
-            lines.append(f"alpha minimising the {a.quantity}: {where}{ci}, quadratic fit R^2 = {a.r2:.3f} over "
-                         f"{a.n_runs} runs" + (f"  [{_show_group(a.group)}]" if a.group else "")
+            grid = "" if a.alpha_grid_min is None else f"; shortest measured at alpha = {a.alpha_grid_min:g}"
+            lines.append(f"alpha minimising the {a.quantity}: {where}{ci}, parabola R^2 = {a.r2:.3f} over alphas "
+                         f"{a.window[0]:g}..{a.window[-1]:g} of {a.n_runs} runs{grid}"
+                         + (f" (interval over {a.ci_kind})" if a.alpha_ci else "")
+                         + (f"  [{_show_group(a.group)}]" if a.group else "")
                          + "".join(f"; {n}" for n in a.notes))
         for _, r in self.differences.iterrows():
             ci = "" if r["low"] is None or pd.isna(r["low"]) else f" [{_num(r['low'])}, {_num(r['high'])}]"

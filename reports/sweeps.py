@@ -186,7 +186,8 @@ def _alpha_fit_layers(stats, table: pd.DataFrame, x: alt.X) -> list[alt.Chart]:
     for fit in stats.alpha:
         n = fit.group.get("world.n_individuals", only_n)
         label = f"N={n:,}" if n is not None else "N=?"
-        grid = np.linspace(min(fit.alphas), max(fit.alphas), 50)
+        span = fit.window or fit.alphas  # the parabola holds near the alphas it was fitted on
+        grid = np.linspace(min(span), max(span), 50)
         curves.append(pd.DataFrame({"alpha": grid, "plateau_length": fit.predict(grid), "N_label": label, "N": n}))
         if fit.alpha_min is not None:
             low, high = fit.alpha_ci or (None, None)

@@ -88,3 +88,18 @@ def test_crossrun_compares_sampling_conditions_and_ignores_incomplete_runs():
     assert row["high"] < 0 and row["difference"] == pytest.approx(-2000, rel=0.1)
     assert any("not complete" in n for n in stats.notes)
     assert json.dumps(stats.to_dict())
+
+
+def test_the_best_alpha_of_an_asymmetric_valley_is_read_near_its_floor():
+    """A valley with a steep wall below its minimum and a shallow one above pulls a parabola
+    fitted to the whole sweep toward the shallow side; one fitted near the shortest plateau is
+    not. The grid's own bracket holds the truth whatever the shape."""
+    alphas = np.repeat(np.linspace(0, 1.4, 8), 3)  # 3 seeds per alpha
+    d = alphas - 0.65
+    rng = np.random.default_rng(5)
+    plateau = 1500 * (1 + 1.5 * (np.exp(2.5 * d) - 1 - 2.5 * d)) * np.exp(0.03 * rng.standard_normal(len(d)))
+    found = fit_alpha_optimum(alphas, plateau)
+    assert abs(found.alpha_min - 0.65) < 0.03 and found.alpha_bracket[0] <= 0.65 <= found.alpha_bracket[1]
+    assert found.window == pytest.approx([0.4, 0.6, 0.8]) and found.ci_kind.startswith("seeds")
+    whole = np.polyfit(alphas, np.log(plateau), 2)
+    assert -whole[1] / (2 * whole[0]) < 0.59  # what a parabola over the whole sweep reads
