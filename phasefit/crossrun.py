@@ -43,6 +43,10 @@ class ScalingFit:
     n_runs: int
     n_values: list  # the N of the runs fitted
     group: dict = field(default_factory=dict)
+    n_center: float | None = None  # the geometric mean of the N fitted
+    value_at_center: float | None = None  # a * n_center^b: the fit's level where it is best known
+    value_at_center_ci: list | None = None
+    notes: list = field(default_factory=list)  # runs left out of the fit, and why
 
     def predict(self, n_individuals):
         return self.a * np.asarray(n_individuals, dtype=float) ** self.b
@@ -75,8 +79,15 @@ class AlphaOptimum:
         return np.exp(c0 + c1 * alpha + c2 * alpha**2)
 
 
-def fit_scaling(n_individuals, values, level: float = 0.95, quantity: str = "t2", group: dict | None = None) -> ScalingFit | None:
-    """OLS of log(value) on log(N); None with fewer than 3 positive values or 2 distinct N."""
+def fit_scaling(n_individuals, values, level: float = 0.95, quantity: str = "t2", group: dict | None = None,
+                runs=None) -> ScalingFit | None:
+    """OLS of log(value) on log(N); None with fewer than 3 positive values or 2 distinct N.
+
+    log N is centred on its mean, so the fit's level is also reported where it is best known:
+    ``value_at_center`` at the geometric mean of the N (its interval is not entangled with
+    b's, as a's at N = 1 is). Runs whose value is missing (no plateau end: censored at the
+    run's length) are left out and named in ``notes`` (``runs``: their names).
+    """
     import statsmodels.api as sm
 
     n = np.asarray(n_individuals, dtype=float)
@@ -84,11 +95,22 @@ def fit_scaling(n_individuals, values, level: float = 0.95, quantity: str = "t2"
     ok = np.isfinite(n) & np.isfinite(y) & (n > 0) & (y > 0)
     if ok.sum() < 3 or len(np.unique(n[ok])) < 2:
         return None
-    model = sm.OLS(np.log(y[ok]), sm.add_constant(np.log(n[ok]))).fit()
+    center = float(np.log(n[ok]).mean())
+    model = sm.OLS(np.log(y[ok]), sm.add_constant(np.log(n[ok]) - center)).fit()
     ci = model.conf_int(alpha=1 - level)
-    return ScalingFit(quantity, float(np.exp(model.params[0])), float(model.params[1]),
-                      [float(ci[1, 0]), float(ci[1, 1])], [float(np.exp(ci[0, 0])), float(np.exp(ci[0, 1]))],
-                      float(model.rsquared), int(ok.sum()), sorted(set(n[ok].astype(int).tolist())), group or {})
+    b, level_at_center = float(model.params[1]), float(model.params[0])
+    a_ci = np.exp(model.get_prediction(np.array([[1.0, -center]])).conf_int(alpha=1 - level)[0])
+    fit = ScalingFit(quantity, float(np.exp(level_at_center - b * center)), b, [float(ci[1, 0]), float(ci[1, 1])],
+                     [float(a_ci[0]), float(a_ci[1])], float(model.rsquared), int(ok.sum()),
+                     sorted(set(n[ok].astype(int).tolist())), group or {}, float(np.exp(center)),
+                     float(np.exp(level_at_center)), [float(np.exp(ci[0, 0])), float(np.exp(ci[0, 1]))])
+    missing = np.isfinite(n) & ~np.isfinite(y)
+    if missing.any():
+        names = [str(r) for r, m in zip(runs, missing) if m] if runs is not None else []
+        fit.notes.append(f"{int(missing.sum())} runs without a {quantity} (no plateau end by the end of the run: "
+                         f"censored) are left out" + (f": {', '.join(names)}" if names else "")
+                         + "; the fit is biased toward shorter plateaus at the N they were at")
+    return fit
 
 
 ALPHA_WINDOW = 1  # grid steps each side of the shortest plateau: a parabola through 3 alphas (docs/phasefit.md)
@@ -324,9 +346,11 @@ class CrossRun:
         """Plain-text summary for the terminal."""
         lines = []
         for s in self.scaling:
-            lines.append(f"{s.quantity} ~ {s.a:.3g} * N^{s.b:.3f}  (b 95% CI [{s.b_ci[0]:.3f}, {s.b_ci[1]:.3f}], "
+            at = "" if s.value_at_center is None else (f", {s.value_at_center:.0f} [{s.value_at_center_ci[0]:.0f}, "
+                                                       f"{s.value_at_center_ci[1]:.0f}] at N = {s.n_center:.0f}")
+            lines.append(f"{s.quantity} ~ {s.a:.3g} * N^{s.b:.3f}  (b 95% CI [{s.b_ci[0]:.3f}, {s.b_ci[1]:.3f}]{at}, "
                          f"R^2 = {s.r2:.3f}, {s.n_runs} runs, N = {', '.join(map(str, s.n_values))})"
-                         + (f"  [{_show_group(s.group)}]" if s.group else ""))
+                         + (f"  [{_show_group(s.group)}]" if s.group else "") + "".join(f"; {n}" for n in s.notes))
         for a in self.alpha:
             where = "none" if a.alpha_min is None else f"{a.alpha_min:.2f}"
             ci = "" if a.alpha_ci is None else f" (CI [{a.alpha_ci[0]:.2f}, {a.alpha_ci[1]:.2f}])"
@@ -375,7 +399,7 @@ def crossrun(phases, level: float = 0.95) -> CrossRun:
         for key, group in frame.groupby(frame["config"].map(lambda c: _key(c, along)), sort=False):
             fixed = {k: json.loads(key).get(k) for k in vary if k not in along and k in json.loads(key)}
             for quantity in ("t2", "plateau_length"):
-                fit = fit_scaling(group["N"], group[quantity], level, quantity, fixed)
+                fit = fit_scaling(group["N"], group[quantity], level, quantity, fixed, runs=group["run"])
                 if fit:
                     out.scaling.append(fit)
     if "sampling.alpha" in vary:

@@ -103,3 +103,16 @@ def test_the_best_alpha_of_an_asymmetric_valley_is_read_near_its_floor():
     assert found.window == pytest.approx([0.4, 0.6, 0.8]) and found.ci_kind.startswith("seeds")
     whole = np.polyfit(alphas, np.log(plateau), 2)
     assert -whole[1] / (2 * whole[0]) < 0.59  # what a parabola over the whole sweep reads
+
+
+def test_the_scaling_fit_reports_its_level_at_the_centre_and_names_censored_runs():
+    n = np.repeat([250, 500, 1000, 2000], 3)
+    t2 = list(4000 * (n / 1000) ** 0.81 * np.exp(0.03 * np.random.default_rng(3).standard_normal(len(n))))
+    t2[-1] = None  # a run whose plateau had not ended by its last step
+    fit = fit_scaling(n, t2, runs=[f"run{i}" for i in range(len(n))])
+    assert fit.n_center == pytest.approx(np.exp(np.log(n[:-1]).mean()))
+    truth = 4000 * (fit.n_center / 1000) ** 0.81
+    low, high = fit.value_at_center_ci
+    assert low < truth < high and (high - low) / truth < 0.05  # known to a few percent where the N are
+    assert fit.predict(fit.n_center) == pytest.approx(fit.value_at_center)
+    assert fit.n_runs == 11 and "run11" in fit.notes[0] and "censored" in fit.notes[0]
