@@ -172,7 +172,10 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # a read-only folder or file system
+            raise StoreError(f"{self.store}: cannot be written ({err.strerror}: {self.path})") from None
         if fcntl is None:
             return
         try:
@@ -189,13 +192,17 @@ class WriterLock:
 
 
 def writer_busy(store: str | os.PathLike) -> bool:
-    """True when another process holds the writer lock of ``store`` (it is writing the run now)."""
-    lock = WriterLock(Path(store))
-    if not lock.path.exists():
+    """True when another process holds the writer lock of ``store`` (it is writing the run now).
+    Asking needs no write access (flock takes a read-only descriptor): a read-only run can be asked."""
+    try:
+        fd = os.open(WriterLock(Path(store)).path, os.O_RDONLY)
+    except OSError:  # no lock file (never written), or not readable: nobody we can see writes it
         return False
     try:
-        lock.acquire()
-    except StoreError:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
         return True
-    lock.release()
-    return False
+    finally:
+        os.close(fd)

@@ -261,12 +261,12 @@ class RunWriter:
             if error is None:
                 self._finish(status, reason)
             else:  # the arrays may be damaged: only record why the run failed
-                self._set_status("failed", "; ".join(filter(None, [reason, str(error)])))
+                self._set_status("failed", _joined(reason, str(error)))
         except Exception as err:
             error = error or StoreError(f"{self.path}: closing the store failed: {type(err).__name__}: {err}")
             error.__cause__ = error.__cause__ or err
             try:
-                self._set_status("failed", str(error))
+                self._set_status("failed", _joined(reason, str(error)))
             except Exception:
                 pass  # the run stays 'running'; a resume finds its committed rows intact
         finally:
@@ -406,6 +406,12 @@ def _gather(coroutines: list) -> None:
             raise result
 
 
+def _joined(reason: str, error: str) -> str:
+    """A failed run's reason and the store's own error, once: the reason often quotes the error
+    (the trainer saw the store fail first)."""
+    return reason if error in reason else "; ".join(filter(None, [reason, error]))
+
+
 def _copy(value, dtype, shape: tuple[int, ...], name: str) -> np.ndarray:
     """A private copy (the caller may reuse its buffers) in the store's dtype and shape."""
     out = np.array(value, dtype=dtype, copy=True)
@@ -451,7 +457,9 @@ def create_store(
     checksums of the chunks written."""
     root = Path(path)
     if root.exists():
-        raise StoreError(f"{root}: already exists (use RunWriter.resume to continue a run)")
+        raise StoreError(f"{root}: already exists: a run's store is created once (continue a stopped run with "
+                         f"phasefit train {root.parent / 'config.toml'} --out {root.parent} --resume, or move the "
+                         "store away to start it over)")
     individual = np.asarray(individual, dtype=np.int64)
     split = np.asarray(split).astype(str)
     rank = np.asarray(rank, dtype=np.int64)

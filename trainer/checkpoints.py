@@ -12,12 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from trainer.config import ConfigError
 
 RESUME = "resume.safetensors"
 FINAL = "final.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a read-only folder); the previous
+    file of that name, if any, is untouched."""
 
 
 def weights_path(directory: Path, step: int) -> Path:
@@ -27,15 +33,31 @@ def weights_path(directory: Path, step: int) -> Path:
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write to a temporary file and rename it, so a crash never leaves a torn checkpoint."""
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as its own error
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: cannot be written ({getattr(err, 'strerror', None) or err})") from err
 
 
 def save_weights(model: torch.nn.Module, path: Path, step: int) -> None:
     _atomic_save(dict(model.state_dict()), path, {"step": str(step)})
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
+def check_weights(path: Path, key: str) -> None:
+    """``path`` (the weights a run builds on, named by config key ``key``) can be read: a
+    truncated or damaged file is refused before the run writes anything."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            f.keys()
+    except (OSError, SafetensorError) as err:
+        raise ConfigError(f"{key}: {path} cannot be read ({getattr(err, 'strerror', None) or err}); "
+                          "train that run again, or name another") from None
+
+
+def load_weights(model: torch.nn.Module, path: Path, key: str) -> None:
+    check_weights(path, key)
     model.load_state_dict(load_file(str(path), device=str(next(model.parameters()).device)))
 
 

@@ -235,6 +235,8 @@ def _typed(where: str, value, kind):
         return int(value)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    if kind is str and "\0" in value:  # a path with one cannot be opened; no key needs one
+        raise ConfigError(f"{where}: contains a NUL byte ({value!r})")
     return value
 
 
@@ -347,6 +349,9 @@ def validate(c: Config, source: str = "config") -> None:
     _check(0 <= p.start < t.steps, source, "patch.start", f"must be at least 0 and below train.steps ({t.steps}), not {p.start}")
 
 
+TOO_DEEP = "arrays or tables nested too deeply to read (hundreds of levels)"
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     """Parse ``section.key=value``; the value is read as TOML, or as a bare string."""
     if "=" not in text:
@@ -356,6 +361,8 @@ def parse_override(text: str) -> tuple[list[str], object]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"--set {key.strip()}: {TOO_DEEP}") from None
     return key.strip().split("."), value
 
 
@@ -372,10 +379,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def read_toml(path: str | Path) -> dict:
+    """A TOML file as a dict (a leading byte-order mark is accepted), or one ConfigError line."""
+    if "\0" in str(path):
+        raise ConfigError(f"{str(path)!r}: a path with a NUL byte")
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+        return tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -384,6 +394,10 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not a text file") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: {TOO_DEEP}") from None
+    except OSError as err:  # not readable by this user, an I/O error
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:

@@ -215,6 +215,17 @@ class Evaluator:
         return out
 
 
+def close_failed(writer: logstore.RunWriter, err: BaseException, step: int, reason: str = "") -> None:
+    """Close the store as failed, saying why (by default what ``err`` says); if the store cannot be
+    closed either (the disk that failed the run), ``err`` stays the error that is raised, with a note."""
+    try:
+        writer.close(status="failed", reason=reason or (
+            str(err) if isinstance(err, Diverged) else f"{type(err).__name__} at step {step}: {err}"))
+    except logstore.StoreError as store_err:
+        if str(store_err) != str(err):
+            err.add_note(f"while closing the store: {store_err}")
+
+
 def train(config: Config, out: Path, device: torch.device, resume: bool = False, progress: bool = True) -> Summary:
     """Train one run into ``out`` (config.toml, the store, checkpoints/); ``resume``: continue
     from the resume state in checkpoints/ (trainer/run.py decides when)."""
@@ -226,12 +237,13 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
     plan = build_plan(config.eval, world, config.train.steps, config.seed)
     model = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
     if config.train.init_from:
-        checkpoints.load_weights(model, references.weights_file(config.train.init_from, -1, "train.init_from"))
+        checkpoints.load_weights(model, references.weights_file(config.train.init_from, -1, "train.init_from"),
+                                 "train.init_from")
     reference = None
     if config.patch.reference:  # built after the model, so the model's initial parameters are its twin's
         reference = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
         checkpoints.load_weights(reference, references.weights_file(
-            config.patch.reference, config.patch.reference_step, "patch.reference_step"))
+            config.patch.reference, config.patch.reference_step, "patch.reference_step"), "patch.reference_step")
 
     def network(at: int) -> torch.nn.Module:
         """What trains and is probed at step ``at``: the model, patched from ``patch.start`` on."""
@@ -292,7 +304,12 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
         timings[part] += time.perf_counter() - started
 
     def run_eval(s: int) -> None:
-        flush_losses(s)  # a diverged model is never evaluated
+        # A diverged model is never evaluated: not after a non-finite loss, nor after an update that
+        # made the weights non-finite (the loss of step s is that of the weights before its update).
+        flush_losses(s)
+        if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
+            raise Diverged(f"the weights became non-finite in the update of step {s} (its loss was {last['loss']:.4g})"
+                           if s > first_step else f"the weights are not finite at step {s}, before any update")
         with timed("evaluations"):
             probe(s)
 
@@ -361,19 +378,19 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
         checkpoints.save_weights(model, ckpt_dir / checkpoints.FINAL, step)
         status = "complete"
         writer.close(status="complete")
-    except Diverged as err:
-        writer.close(status="failed", reason=str(err))
-        raise
-    except KeyboardInterrupt:
-        # Leave a resumable run: losses and rows so far are committed, the resume state is current.
-        flush_losses(step)
-        writer.flush()
-        checkpoints.save_resume(ckpt_dir, step, model, optimizer, generator, sampler.exposures,
-                                time.perf_counter() - start_time)
-        writer.close(status="failed", reason=f"interrupted at step {step}; continue with --resume")
+    except KeyboardInterrupt as err:
+        try:  # leave a resumable run: losses and rows so far committed, the resume state current
+            flush_losses(step)
+            writer.flush()
+            checkpoints.save_resume(ckpt_dir, step, model, optimizer, generator, sampler.exposures,
+                                    time.perf_counter() - start_time)
+        except BaseException as failed:  # a full disk, a diverged last block: the run failed
+            close_failed(writer, failed, step)
+            raise
+        close_failed(writer, err, step, f"interrupted at step {step}; continue with --resume")
         raise
     except BaseException as err:
-        writer.close(status="failed", reason=f"{type(err).__name__} at step {step}: {err}")
+        close_failed(writer, err, step)
         raise
     finally:
         bar.close()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from logstore import STORE_NAME, StoreError, check_store, committed_train_steps
 from trainer.config import ConfigError
-from trainer.run import resolve_device, run_state, write_config
+from trainer.run import resolve_device, run_state, stop_on_sigterm, write_config
 from trainer.sweep import RunSpec, Sweep, load_sweep
 
 LOG = "sweep.log"  # beside config.toml: the output of every attempt at the run
@@ -319,8 +319,10 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, d
                 failed = sum(1 for r in todo if r.name in outcomes and outcomes[r.name].status != "complete")
                 bar.set_postfix_str(f"runs {done}/{len(todo)} done, {failed} failed, {len(active)} running")
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        echo(f"sweep {sweep.name}: interrupted; waiting for {len(active)} running runs to save their state "
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (sweep_from_cli)
+        # The runs training now (a local pool's queued runs are not; a Dask future cannot tell).
+        n = sum(1 for f in active if not hasattr(f, "running") or f.running())
+        echo(f"sweep {sweep.name}: interrupted; waiting for {n} running run{'s' * (n != 1)} to save their state "
              "(Ctrl-C again to abandon them)")
         pool.stop()
         try:
@@ -350,13 +352,14 @@ def summarise(sweep: Sweep, outcomes: list[Outcome]) -> str:
 def sweep_from_cli(sweep_path: str, out: str | None = "runs", workers: int = 1, scheduler: str | None = None,
                    device: str = "auto") -> int:
     """Entry point of ``phasefit sweep``: 0 when every run is complete, 1 when some failed,
-    130 when interrupted (run the same command again to continue)."""
+    130 when interrupted by Ctrl-C or SIGTERM (run the same command again to continue)."""
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
     blocking = next((p for p in [Path(out or "runs"), *Path(out or "runs").parents] if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
     sweep = load_sweep(sweep_path, out or "runs")
+    stop_on_sigterm()  # a scheduler's stop or a kill: the runs save their state, as on Ctrl-C
     outcomes = run_sweep(sweep, workers=workers, scheduler=scheduler, device=device)
     print(summarise(sweep, outcomes))
     if any(o.status == "interrupted" for o in outcomes):

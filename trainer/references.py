@@ -24,8 +24,10 @@ def check_reference(path: str, config: Config, key: str) -> Config:
     if not saved.exists():
         raise ConfigError(f"{key} = {path}: not a run folder (no config.toml)")
     reference = from_dict(read_toml(saved), str(saved))
-    if not (Path(path) / "checkpoints" / checkpoints.FINAL).exists():
+    final = Path(path) / "checkpoints" / checkpoints.FINAL
+    if not final.exists():
         raise ConfigError(f"{key} = {path}: the run has not finished (no checkpoints/{checkpoints.FINAL})")
+    checkpoints.check_weights(final, key)
     pairs = [(f"world.{k}", getattr(reference.world, k), v) for k, v in dataclasses.asdict(config.world).items()
              if k not in MAY_DIFFER]
     pairs += [(f"model.{k}", getattr(reference.model, k), getattr(config.model, k)) for k in MODEL_SIZES]
@@ -56,7 +58,8 @@ def check_references(config: Config, keys: tuple[str, ...] = ("train.init_from",
         check_reference(config.train.init_from, config, "train.init_from")
     if config.patch.reference and "patch.reference" in keys:
         check_reference(config.patch.reference, config, "patch.reference")
-        weights_file(config.patch.reference, config.patch.reference_step, "patch.reference_step")
+        step = config.patch.reference_step
+        checkpoints.check_weights(weights_file(config.patch.reference, step, "patch.reference_step"), "patch.reference_step")
 
 
 def with_absolute_paths(config: Config) -> Config:

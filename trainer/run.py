@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from logstore import STORE_NAME, StoreError, check_store, json_attribute, verify_store, writer_busy
-from trainer.checkpoints import RESUME
+from logstore.durable import PARTIAL_SUFFIX
+from trainer.checkpoints import RESUME, CheckpointError
 from trainer.config import Config, ConfigError, from_dict, load_config, read_toml
 from trainer.references import check_references, with_absolute_paths
 
@@ -99,10 +100,14 @@ def write_config(config: Config, out: Path) -> None:
     """``out/config.toml``, written whole or not at all, and never over another config: of two
     processes preparing one folder at once, the second finds the first's file and must agree
     with it (a sweep, and a later resume, read it back as the run's config)."""
-    out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.toml"
     tmp = out / f"config.toml.{os.getpid()}.tmp"
-    tmp.write_text(to_toml(config))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(to_toml(config))
+    except OSError as err:  # a read-only folder, a full disk
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"--out {out}: cannot write the run's config.toml there ({err.strerror or err})") from None
     try:
         os.link(tmp, saved)  # atomic, and fails if the file exists
     except FileExistsError:
@@ -135,6 +140,21 @@ def prepare_run(config: Config, out: Path) -> None:
     write_config(config, out)
 
 
+def check_writable(out: Path) -> None:
+    """A resume or a restart writes into the run folder, its checkpoints/ and every folder of its
+    store: one that cannot be written is refused before anything in it changes. Tried, not read
+    from the mode bits, which do not stop root."""
+    folders = [Path(d) for d, _, _ in os.walk(out / STORE_NAME)] + [out / "checkpoints", out]
+    for folder in filter(Path.is_dir, folders):
+        probe = folder / f".phasefit-write-test-{os.getpid()}{PARTIAL_SUFFIX}"  # removed with a killed writer's files
+        try:
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(f"{out}: cannot write to {folder} ({err.strerror or err}); make the run folder "
+                              "writable (or copy it somewhere writable) first; nothing in it changed") from None
+
+
 def check_resumable(config: Config, out: Path) -> None:
     """For ``phasefit train --resume``: ``out`` holds a partial run of ``config`` with a resume state."""
     state, why = run_state(out)
@@ -151,6 +171,7 @@ def check_resumable(config: Config, out: Path) -> None:
         raise ConfigError(f"{out}: the run was started with a different config; resume it with its own: "
                           f"phasefit train {saved} --out {out} --resume")
     check_recorded_config(config, out)
+    check_writable(out)
 
 
 def check_recorded_config(config: Config, out: Path) -> None:
@@ -167,23 +188,36 @@ def check_recorded_config(config: Config, out: Path) -> None:
                           f"{'; ...' if len(diff) > 3 else ''}); put the recorded values back to resume it")
 
 
+def how_to_continue(path: Path) -> str:
+    """What continues the stopped run in ``path``, from what its folder holds."""
+    command = f"phasefit train {path / 'config.toml'} --out {path}"
+    if not (path / STORE_NAME).exists():
+        return f"it had not started; start it with: {command}"
+    if writer_busy(path / STORE_NAME):
+        return "another process is training it now"
+    if (path / "checkpoints" / RESUME).exists():
+        return f"its resume state is saved; continue with: {command} --resume"
+    return f"it has no resume state; start it over with: {command} --restart"
+
+
 def train_folder(path: Path, config: Config, device: torch.device, resume: bool,
                  progress: bool | None = False) -> tuple[int, str]:
     """Train the prepared run in ``path``: (exit code, what to print). The one place that says
-    what a diverged loss, running out of GPU memory and Ctrl-C (or SIGTERM) mean."""
+    what a diverged loss, running out of GPU memory or disk, and Ctrl-C (or SIGTERM) mean."""
     from trainer.loop import Diverged, train
 
     try:
         summary = train(config, path, device, resume=resume, progress=progress)
     except Diverged as err:
         return 1, f"phasefit: {path}: failed: {err} (the store is marked failed and stays readable)"
+    except (CheckpointError, StoreError, OSError) as err:  # a full disk, a folder gone read-only
+        return 1, f"phasefit: {path}: failed: {err}; {how_to_continue(path)}"
     except torch.cuda.OutOfMemoryError:
         b = config.train.batch_size
         return 2, (f"phasefit: error: {path}: out of GPU memory at train.batch_size={b}, eval.batch_size="
                    f"{config.eval.batch_size}; try --set train.batch_size={max(1, b // 2)} or a smaller eval.batch_size")
-    except KeyboardInterrupt:  # the loop saved the resume state before it let this through
-        return 130, (f"phasefit: {path}: interrupted; its resume state is saved; continue with: "
-                     f"phasefit train {path / 'config.toml'} --out {path} --resume")
+    except KeyboardInterrupt:  # the loop saved the resume state, if it had started, before it let this through
+        return 130, f"phasefit: {path}: interrupted; {how_to_continue(path)}"
     rate = summary.steps / summary.wall_s if summary.wall_s else float("nan")
     parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in summary.timings.items())
     return 0, (f"{path}: {summary.status}, {summary.steps} steps in {summary.wall_s:.1f} s ({rate:.1f} steps/s), "
@@ -218,6 +252,7 @@ def start_over(config: Config, out: Path) -> None:
     if state != "partial":
         raise ConfigError({"new": f"{out}: no run to restart (no {STORE_NAME}); train it without --restart",
                            "complete": f"{out}: the run is complete; delete it yourself to train it again"}.get(state, why))
+    check_writable(out)
     for stale in [out / STORE_NAME, out / "checkpoints", *out.glob(f"{STORE_NAME}.creating-*")]:
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -251,6 +286,7 @@ def train_run(path: Path, device: str) -> int:
     resume = how == "resume"
     if resume:
         check_recorded_config(config, path)
+        check_writable(path)
     elif state == "partial":  # no resume state (killed before its first one): start over
         start_over(config, path)
     print(f"{path}: {'resuming' if resume else 'starting'} on {dev} ({torch.get_num_threads()} CPU threads)", flush=True)

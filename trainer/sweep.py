@@ -145,7 +145,7 @@ def load_sweep(path: str | Path, out: str | Path = "runs") -> Sweep:
             raise ConfigError(f"{source}: unknown key '{key}' (a sweep file has {', '.join(SWEEP_KEYS)})")
     if "base" not in doc:
         raise ConfigError(f"{source}: base: missing (the config every run starts from, e.g. base = \"../tiny.toml\")")
-    if not isinstance(doc["base"], str):
+    if not isinstance(doc["base"], str) or "\0" in doc["base"]:
         raise ConfigError(f"{source}: base: expected the path of a config, got {doc['base']!r}")
     if not isinstance(doc.get("grid", {}), dict):
         raise ConfigError(f"{source}: grid: expected a table of axes, got {doc['grid']!r}")

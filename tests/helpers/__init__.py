@@ -39,6 +39,29 @@ def quick_run(tmp_path: Path, name: str, *extra: str):
     return config, out
 
 
+def stopped_run(tmp_path, name="run", resume_state=True):
+    """A prepared QUICK run whose store holds one evaluation and says it was interrupted (as
+    the loop leaves it), with a resume state on disk or not; nothing trained."""
+    import numpy as np
+
+    import logstore
+
+    config, out = quick_run(tmp_path, name)
+    n = 16
+    writer = logstore.RunWriter.create(out / logstore.STORE_NAME, individual=np.arange(n), split=np.full(n, "train"),
+                                       rank=np.arange(n), baseline=np.ones(6), n_layers=2, n_heads=2,
+                                       config=config.to_dict(), package_version="test", fsync=False)
+    loss = np.ones((n, 6), np.float32)
+    writer.append_eval(0, loss=loss, correct=loss < 0, top_prob=loss, entropy=loss, exposures=np.zeros(n, np.int32),
+                       attn_name_to_name=np.zeros((2, 2)), attn_value_to_name=np.zeros((2, 2)), attn_sharpness=np.zeros((2, 2)))
+    writer.append_train(np.arange(1, 5), np.ones(4), np.ones(4))
+    writer.close("failed", reason="interrupted at step 4; continue with --resume")
+    if resume_state:
+        (out / "checkpoints").mkdir(exist_ok=True)
+        (out / "checkpoints" / "resume.safetensors").write_bytes(b"not read: the checks come first")
+    return config, out
+
+
 @functools.cache
 def small_world_config(**world):
     from trainer.config import from_dict

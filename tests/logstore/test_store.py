@@ -181,8 +181,10 @@ def test_append_rejects_repeated_steps_and_wrong_shapes(tmp_path):
             w.append_eval(20, **{**evaluation(20), "loss": np.zeros((N, 5))})
         with pytest.raises(ValueError, match="train steps must increase"):
             w.append_train([5], [1.0], [1.0])
-    with pytest.raises(StoreError, match="already exists"):
+    with pytest.raises(StoreError, match="already exists") as refused:
         create(tmp_path / "metrics.zarr")
+    assert f"phasefit train {tmp_path / 'config.toml'} --out {tmp_path} --resume" in str(refused.value)
+    assert "RunWriter" not in str(refused.value)  # what a user runs, not an internal API
 
 
 # ------------------------------------------------------------------ resuming and failing

@@ -8,33 +8,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import zarr
 
 import logstore
-from tests.helpers import QUICK, ROOT, TINY, quick_run, run_cli
+from tests.helpers import QUICK, ROOT, TINY, quick_run, run_cli, stopped_run
 from trainer.config import ConfigError, load_config
 from trainer.run import prepare_run, run_state
-
-
-def stopped_run(tmp_path, name="run", resume_state=True):
-    """A prepared QUICK run whose store holds one evaluation and says it was interrupted (as
-    the loop leaves it), with a resume state on disk or not; nothing trained."""
-    config, out = quick_run(tmp_path, name)
-    n = 16
-    writer = logstore.RunWriter.create(out / logstore.STORE_NAME, individual=np.arange(n), split=np.full(n, "train"),
-                                       rank=np.arange(n), baseline=np.ones(6), n_layers=2, n_heads=2,
-                                       config=config.to_dict(), package_version="test", fsync=False)
-    loss = np.ones((n, 6), np.float32)
-    writer.append_eval(0, loss=loss, correct=loss < 0, top_prob=loss, entropy=loss, exposures=np.zeros(n, np.int32),
-                       attn_name_to_name=np.zeros((2, 2)), attn_value_to_name=np.zeros((2, 2)), attn_sharpness=np.zeros((2, 2)))
-    writer.append_train(np.arange(1, 5), np.ones(4), np.ones(4))
-    writer.close("failed", reason="interrupted at step 4; continue with --resume")
-    if resume_state:
-        (out / "checkpoints").mkdir(exist_ok=True)
-        (out / "checkpoints" / "resume.safetensors").write_bytes(b"not read: the checks come first")
-    return config, out
 
 
 def store_attrs(out):
