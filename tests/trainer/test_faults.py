@@ -21,6 +21,7 @@ import torch
 
 import logstore
 from tests.helpers import QUICK, ROOT, TINY, quick_run, run_cli, stopped_run
+from phasefit.cli import main as cli
 from trainer import checkpoints, loop, pool
 from trainer.config import ConfigError, load_config, read_toml
 from trainer.run import how_to_continue, prepare_run, run_state, train_folder
@@ -79,21 +80,21 @@ def read_only(folder: Path):
 
 
 @pytest.mark.parametrize("part", ["run folder", "store"])
-def test_a_read_only_run_is_refused_in_one_line_and_kept(tmp_path, part):
+def test_a_read_only_run_is_refused_in_one_line_and_kept(tmp_path, part, capsys):
     _, out = stopped_run(tmp_path)
     before = snapshot(out)
     with read_only(out if part == "run folder" else out / logstore.STORE_NAME):
         assert run_state(out) == ("partial", "resume")  # reading a read-only run works
-        proc = run_cli("train", str(out / "config.toml"), "--out", str(out), "--resume")
-        assert proc.returncode == 2
-        assert one_line(proc.stderr).startswith(f"phasefit: error: {out}: cannot write to ")
-        assert "make the run folder writable" in proc.stderr
+        assert cli(["train", str(out / "config.toml"), "--out", str(out), "--resume"]) == 2  # in-process: fast
+        err = capsys.readouterr().err
+        assert one_line(err).startswith(f"phasefit: error: {out}: cannot write to ")
+        assert "make the run folder writable" in err
         worker = subprocess.run([sys.executable, "-m", "trainer.run", str(out), "--device", "cpu"], cwd=ROOT,
                                 capture_output=True, text=True, check=False)  # as a sweep's worker resumes it
         assert worker.returncode == 2 and one_line(worker.stdout).startswith(f"phasefit: error: {out}: cannot write")
-        proc = run_cli("train", str(out / "config.toml"), "--out", str(out), "--restart")
-        assert proc.returncode == 2 and "cannot write to" in one_line(proc.stderr)
-        assert "failed" in run_cli("ls", str(tmp_path), check=True).stdout
+        assert cli(["train", str(out / "config.toml"), "--out", str(out), "--restart"]) == 2
+        assert "cannot write to" in one_line(capsys.readouterr().err)
+        assert cli(["ls", str(tmp_path)]) == 0 and "failed" in capsys.readouterr().out
     assert snapshot(out) == before  # nothing changed, not even the lock file
 
 
