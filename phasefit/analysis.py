@@ -59,7 +59,7 @@ def phases_table(all_phases: list) -> pd.DataFrame:
     rows = []
     for p in all_phases:
         d = p.to_dict() if isinstance(p, Phases) else dict(p)
-        row = {"run": d["run"], "status": d["status"], "method": d["method"]}
+        row = {"run": d["run"], "status": d["status"], "method": d["method"], "ci_kind": d.get("ci_kind")}
         row.update({f"cond_{k}": v for k, v in (d.get("conditions") or {}).items()})
         for key in ("t1", "t2", "t3", "plateau_length", "final_accuracy", "hallucination_onset"):
             row[key] = d.get(key)

@@ -253,4 +253,6 @@ def format_table(results: list[dict]) -> str:
     text = pd.DataFrame(rows).to_string(index=False)
     notes = [f"  {r['run']}: {note}" for r in results for note in (r.get("notes") or [])]
     method = ", ".join(sorted({str(r.get("method")) for r in results}))
-    return text + f"\n(steps; method: {method})" + ("\nnotes:\n" + "\n".join(notes) if notes else "")
+    kinds = sorted({r["ci_kind"] for r in results if r.get("ci_kind")})
+    intervals = f"; 95% CI: {', '.join(kinds)}" if kinds else ""
+    return text + f"\n(steps; method: {method}{intervals})" + ("\nnotes:\n" + "\n".join(notes) if notes else "")

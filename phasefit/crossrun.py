@@ -265,9 +265,11 @@ def seed_summary(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         for q in QUANTITIES:
             found = seed_interval(group[q].tolist(), level)
             if found:
-                rows.append({"runs": ",".join(map(str, group["run"])), "n_seeds": int(group[q].notna().sum()),
+                n = int(group[q].notna().sum())
+                rows.append({"runs": ",".join(map(str, group["run"])), "n_seeds": n,
                              "quantity": q, "mean": found[0], "low": found[1], "high": found[2],
-                             "sd": float(np.nanstd(group[q].astype(float), ddof=1))})
+                             "sd": float(np.nanstd(group[q].astype(float), ddof=1)),
+                             "ci_kind": f"seeds: t interval over {n} seeds' estimates"})
     return pd.DataFrame(rows)
 
 

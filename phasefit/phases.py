@@ -30,6 +30,8 @@ from phasefit.runs import RunInfo, open_run, run_info
 from phasefit.summary import Summary, population_curves, split_curve, summarise
 
 MIN_EVALUATIONS = 3  # fewer finite evaluations cannot show phases
+# What one run's intervals resample: its individuals, not its training noise nor the seed.
+ONE_SEED = "one seed: individuals resampled (not training noise, not seed-to-seed spread)"
 FROM_TRAINED = "its trained individuals are known from step 0, so their curve has no phases (t1, t2, t3)"
 
 
@@ -53,6 +55,7 @@ class Phases:
     t2_ci: list | None = None
     t3_ci: list | None = None
     plateau_ci: list | None = None
+    ci_kind: str | None = None  # what the intervals resample (ONE_SEED for one run's); None: no intervals
     final_accuracy: float | None = None  # train split, last evaluation
     final_accuracy_ci: list | None = None
     final_loss: float | None = None
@@ -262,6 +265,8 @@ def _intervals(phases: Phases, detector: Detector, summary, curve: Curve, n_boot
     phases.diagnostics.update(n_boot=n_boot, level=level, bootstrap_defined=defined)
     if n_boot == 0:
         phases.notes.append("n_boot = 0: no confidence intervals")
+    else:
+        phases.ci_kind = ONE_SEED
 
 
 def _hallucination(phases: Phases, ds, summary, n_boot, rng, level, tol) -> None:

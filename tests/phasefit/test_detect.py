@@ -139,3 +139,18 @@ def test_the_trainers_attributes_are_read_and_older_stores_derive_them(small):
     phases = phasefit.detect(older, n_boot=0, per_fact=False)
     assert phases.conditions["N"] == 300 and phases.condition_label == "uniform"
     assert phases.to_dict()["condition_label"] == "uniform"
+
+
+def test_every_interval_says_what_it_resamples():
+    """One run's intervals resample its individuals only, and say so wherever they are shown;
+    the seed-level intervals of crossrun say they are over seeds."""
+    runs = [phasefit.detect(simulate(n_individuals=200, n_heldout=20, n_evals=40, seed=s), n_boot=30) for s in (0, 1)]
+    assert runs[0].ci_kind.startswith("one seed") and "not seed-to-seed" in runs[0].to_dict()["ci_kind"]
+    assert phasefit.detect(simulate(n_individuals=200, n_heldout=20, n_evals=40), n_boot=0).ci_kind is None
+    from phasefit.crossrun import crossrun
+
+    seeds = crossrun(runs).seeds
+    assert len(seeds) and seeds["ci_kind"].str.startswith("seeds: t interval over 2").all()
+    from phasefit.commands import format_table
+
+    assert "95% CI: one seed" in format_table([r.to_dict() for r in runs])
