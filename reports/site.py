@@ -191,6 +191,12 @@ def _notes(notes) -> str:
     return "<br>".join(html.escape(str(n)) for n in notes or [])
 
 
+def _interval_kinds(phases: list[dict]) -> str:
+    """The line under a table of intervals that says what they resample."""
+    kinds = sorted({p["ci_kind"] for p in phases if p.get("ci_kind")})
+    return f'<p class="meta">95% intervals: {html.escape("; ".join(kinds))}</p>' if kinds else ""
+
+
 def index_body(runs: list[RunData], title: str, sections: list[tuple[str, str]], links: dict[str, str]) -> str:
     """The index: every run with conditions, state, phases with intervals, links; then the
     sweep figures (``sections``: chart key, heading)."""
@@ -215,7 +221,8 @@ def index_body(runs: list[RunData], title: str, sections: list[tuple[str, str]],
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"<header><h1>{html.escape(title)}</h1><p class=\"meta\">{len(runs)} runs ({html.escape(summary)}); "
             f"generated {when} from the committed rows of each store. Steps are training steps.</p></header>\n"
-            f"<main><h2>Runs</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>\n"
+            f"<main><h2>Runs</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            f"{_interval_kinds([r.phases for r in runs])}\n"
             + (f"<h2>Across runs</h2>{figures}" if figures else "") + "</main>")
 
 
@@ -235,6 +242,7 @@ def run_body(run: RunData, sections: list[tuple[str, str]], index_href: str | No
             f"<p class=\"meta\">evaluated to step {_steps(p.get('last_step'))} of {_steps(p.get('n_steps'))}; "
             f"baseline B = {'–' if baseline is None else f'{baseline:.3f}'} nats; {html.escape(method)}</p></header>\n"
             f"<main><h2>Phases</h2><table><thead><tr>{head}</tr></thead><tbody><tr>{_phase_cells(p)}</tr></tbody></table>"
+            f"{_interval_kinds([p])}"
             f'<p class="notes">{_notes(p.get("notes"))}</p>'
             f"<h2>Conditions</h2><table>{conditions}</table>\n{figures or '<p>No committed evaluation yet.</p>'}</main>")
 

@@ -68,6 +68,8 @@ def test_index_lists_every_run_with_state_phases_and_links(sweep, site):
     t2 = re.findall(r'<td class="num">([\d,]+) \[([\d,]+), ([\d,]+)\]</td>', rows["uniform-N800"])[0]
     low, value, high = (float(t2[i].replace(",", "")) for i in (1, 0, 2))
     assert low <= value <= high and 300 < value < 500
+    index = (site / "index.html").read_text()
+    assert "95% intervals: one seed: individuals resampled" in index  # what they leave out, said under the table
     for name in names - {"broken"}:
         link = re.search(r'href="([^"]+)"', rows[name]).group(1)
         assert (site / html.unescape(link)).is_file()
