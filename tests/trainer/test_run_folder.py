@@ -79,18 +79,27 @@ def test_a_run_stopped_before_its_first_resume_state_can_be_restarted(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_a_resume_state_and_the_run_continues(tmp_path):
+    """Before its first periodic resume state and after one: SIGTERM stops the run between
+    steps with a resume state, and --resume finishes it."""
     out = tmp_path / "run"
     sets = QUICK + ["train.steps=1000", "eval.n_evals=20", "train.checkpoint_every_s=3600"]  # later --set wins
-    proc = subprocess.Popen([sys.executable, "-m", "phasefit.cli", "train", str(TINY), "--out", str(out),
-                             *[arg for s in sets for arg in ("--set", s)]],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while logstore.committed_train_steps(out) < 100 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)  # long before its first periodic resume state
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted; its resume state is saved" in err and (out / "checkpoints" / "resume.safetensors").exists()
-    resumed = run_cli("train", str(out / "config.toml"), "--out", str(out), "--resume")
+
+    def stop_after(cmd, steps):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while logstore.committed_train_steps(out) < steps and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "interrupted; its resume state is saved" in err and (out / "checkpoints" / "resume.safetensors").exists()
+
+    stop_after([sys.executable, "-m", "phasefit.cli", "train", str(TINY), "--out", str(out),
+                *[arg for s in sets for arg in ("--set", s)]], 100)  # long before a periodic resume state
+    resume = [sys.executable, "-m", "phasefit.cli", "train", str(out / "config.toml"), "--out", str(out), "--resume"]
+    stopped_at = logstore.committed_train_steps(out)
+    stop_after(resume, stopped_at + 200)  # a resumed run, with a resume state already on disk
+    assert logstore.committed_train_steps(out) > stopped_at
+    resumed = run_cli(*resume[3:])
     assert resumed.returncode == 0, resumed.stderr
     assert store_attrs(out)["status"] == "complete"
