@@ -152,6 +152,22 @@ def check_coordinates(root: Path, coords: dict[str, np.ndarray]) -> None:
         raise StoreError(f"{root}: array 'split' holds values other than {', '.join(SPLITS)} (a missing or damaged chunk?)")
 
 
+def checked_readers(root: Path, attrs: dict, metas: dict[str, dict], rows: dict[str, int]) -> dict[str, ArrayReader]:
+    """An ArrayReader per array, holding the chunk checksums its commits recorded (none for a
+    store written before they were) and, for a running store, the one chunk along the rows
+    that its writer (or a writer killed mid-commit) may have rewritten since: not compared."""
+    checksums = attrs.get(ATTR_CHECKSUMS)
+    readers = {}
+    for name, meta in metas.items():
+        reader = readers[name] = ArrayReader(root, name, meta)
+        committed = rows.get(meta["dimension_names"][0])
+        if isinstance(checksums, dict):
+            reader.checksums = checksums.get(name, {})
+            if attrs.get("status") == "running" and committed:
+                reader.live = (committed - 1) // reader.chunks[0]
+    return readers
+
+
 def verify_store(path: str | os.PathLike) -> None:
     """Check, without reading the metrics, that a run's store holds what its writer committed
     (before a resume writes to it): the coordinates; every recorded chunk of committed rows
@@ -161,15 +177,7 @@ def verify_store(path: str | os.PathLike) -> None:
     last-block checks only."""
     root, attrs, metas = load_metadata(path)
     rows = dict(zip(("step", "train_step"), committed_rows(metas, attrs)))
-    checksums = attrs.get(ATTR_CHECKSUMS)
-    readers = {}
-    for name, meta in metas.items():
-        reader = readers[name] = ArrayReader(root, name, meta)
-        dim = meta["dimension_names"][0]
-        if isinstance(checksums, dict):
-            reader.checksums = checksums.get(name, {})
-            if attrs.get("status") == "running" and rows.get(dim):  # a killed writer may have rewritten it
-                reader.live = (rows[dim] - 1) // reader.chunks[0]
+    readers = checked_readers(root, attrs, metas, rows)
     coordinates = {name: readers[name].read((slice(0, rows.get(var.dims[0])),)) for name, var in COORDINATES.items()}
     check_coordinates(root, coordinates)
     for name, reader in readers.items():

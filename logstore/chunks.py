@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from logstore.schema import StoreError
+from logstore.schema import StoreError, chunk_checksum
 
 
 def _decoder(meta: dict, dtype: np.dtype, chunk_shape: tuple[int, ...]):
@@ -63,7 +63,7 @@ def _decoder(meta: dict, dtype: np.dtype, chunk_shape: tuple[int, ...]):
 
 def _check_crc32c(raw: bytes) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8)  # a view: google_crc32c takes arrays, not memoryviews
-    if len(data) < 4 or google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:].tobytes(), "little"):
+    if len(data) < 4 or google_crc32c.value(data[:-4]) != chunk_checksum(data):
         raise ValueError("checksum (crc32c) does not match: the chunk is truncated or corrupted")
     return data[:-4]
 
@@ -172,7 +172,7 @@ class ArrayReader:
                                  "a missing or damaged chunk (a lost file); restore it or move the run away") from None
             return None  # never written: all fill (facts not evaluated there)
         if self.checksums is not None and coords[0] != self.live:
-            if self.checksums.get(key) != int.from_bytes(raw[-4:], "little"):
+            if self.checksums.get(key) != chunk_checksum(raw):
                 raise StoreError(f"{self.root}: array '{self.name}' holds a chunk {key} ({self._where(coords)}) that is not "
                                  "the one written there (its checksum is not the one recorded at the commit): a misplaced or "
                                  "stale file, or the run was rewritten since it was opened (open it again)")

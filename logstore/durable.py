@@ -18,7 +18,7 @@ from pathlib import Path
 from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
-from logstore.schema import StoreError
+from logstore.schema import StoreError, chunk_checksum
 
 PARTIAL_SUFFIX = ".partial"  # temporary files (ours and zarr's) end with this
 LOCK_SUFFIX = ".lock"  # metrics.zarr.lock, beside the store: zarr warns about strange files inside
@@ -128,11 +128,6 @@ class DurableStore(LocalStore):
                     fsync_dir(d)
 
 
-def chunk_checksum(data) -> int:
-    """The crc32c a chunk file ends with (the Crc32cCodec's), as an integer."""
-    return int.from_bytes(bytes(memoryview(data)[-4:]), "little")
-
-
 def scan_checksums(root: Path, arrays) -> dict[str, dict[str, int]]:
     """The checksums of every chunk file on disk (for a store written before they were recorded)."""
     out = {}
@@ -146,7 +141,7 @@ def scan_checksums(root: Path, arrays) -> dict[str, dict[str, int]]:
                 continue
             with file.open("rb") as f:
                 f.seek(-4, os.SEEK_END)
-                chunks[file.name] = int.from_bytes(f.read(4), "little")
+                chunks[file.name] = chunk_checksum(f.read(4))
         if chunks:
             out[name] = chunks
     return out

@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from logstore.checks import check_coordinates, committed_rows, load_metadata
+from logstore.checks import check_coordinates, checked_readers, committed_rows, load_metadata
 from logstore.chunks import ArrayReader
 from logstore.schema import (
     ATTR_CHECKSUMS,
@@ -132,14 +132,10 @@ def open_many(paths: list[str | os.PathLike]) -> list[xr.Dataset | StoreError]:
 def _dataset(root: Path, attrs: dict, metas: dict, rows: dict[str, int], reader=ArrayReader) -> xr.Dataset:
     """The Dataset of ``_prepare``'s results; ``reader``: what reads each array (ArrayReader;
     benchmarks/bench_store.py --decoders passes one over zarr-python's own arrays)."""
-    readers = {name: reader(root, name, metas[name]) for name in metas}
-    checksums = attrs.get(ATTR_CHECKSUMS)
-    if isinstance(checksums, dict) and reader is ArrayReader:
-        for name, r in readers.items():
-            r.checksums = checksums.get(name, {})
-            committed = rows.get(metas[name]["dimension_names"][0])
-            if attrs.get("status") == "running" and committed:  # its writer may be rewriting that chunk now
-                r.live = (committed - 1) // r.chunks[0]
+    if reader is ArrayReader:
+        readers = checked_readers(root, attrs, metas, rows)
+    else:
+        readers = {name: reader(root, name, metas[name]) for name in metas}
     coords = {}
     for name, var in COORDINATES.items():
         values = readers[name].read((slice(0, rows.get(var.dims[0])),))

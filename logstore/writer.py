@@ -134,13 +134,51 @@ class RunWriter:
         stored as JSON). ``fsync=False`` gives up durability
         against power loss (not against a killed process) for speed.
         """
-        root, checksums = create_store(
-            path, individual, split, rank, baseline, n_layers, n_heads, config, package_version, chunk_steps, chunk_individuals, fsync,
-            attributes or {},
-        )
+        root = Path(path)
+        if root.exists():
+            raise StoreError(f"{root}: already exists: a run's store is created once (continue a stopped run with "
+                             f"phasefit train {root.parent / 'config.toml'} --out {root.parent} --resume, or move the "
+                             "store away to start it over)")
+        individual = np.asarray(individual, dtype=np.int64)
+        split = np.asarray(split).astype(str)
+        rank = np.asarray(rank, dtype=np.int64)
+        baseline = np.asarray(baseline, dtype=np.float64)
+        n = len(individual)
+        if individual.ndim != 1 or split.shape != (n,) or rank.shape != (n,):
+            raise ValueError(f"individual, split and rank must all have shape ({n},)")
+        if baseline.shape != (len(ATTRIBUTES),):
+            raise ValueError(f"baseline must have one value per attribute {ATTRIBUTES}")
+        unknown = set(np.unique(split)) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)}; expected one of {SPLITS}")
+        # Built under a temporary name and renamed at the end: the store exists complete or not at all.
+        tmp = root.with_name(f"{root.name}.creating-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        store = DurableStore(tmp, fsync=fsync)
+        group_attrs = {
+            "schema_version": SCHEMA_VERSION,
+            "config": config if isinstance(config, str) else json.dumps(config, sort_keys=True, default=str),
+            "status": "running",
+            "committed_steps": 0,
+            "committed_train_steps": 0,
+            "package_version": str(package_version),
+            **{k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in (attributes or {}).items()},
+        }
+        group = zarr.open_group(store, mode="w-", zarr_format=3, attributes=group_attrs)
+        arrays = create_arrays(group, n, int(n_layers), int(n_heads), chunk_steps, chunk_individuals)
+        arrays["individual"][:] = individual
+        arrays["split"][:] = split
+        arrays["rank"][:] = rank
+        arrays["attribute"][:] = np.array(ATTRIBUTES)
+        arrays["baseline"][:] = baseline
+        group.attrs.update({ATTR_CHECKSUMS: store.checksums()})
+        store.sync()
+        tmp.rename(root)
+        if fsync:
+            fsync_dir(root.parent)
         lock = WriterLock(root)
         lock.acquire()
-        return cls._open(root, lock, 0, 0, checksums, fsync, queue_size)
+        return cls._open(root, lock, 0, 0, store.checksums(), fsync, queue_size)
 
     @classmethod
     def resume(cls, path: str | os.PathLike, after_step: int | None = None, *, fsync: bool = True, queue_size: int = 16) -> RunWriter:
@@ -429,75 +467,11 @@ def _flush_at_exit(ref: weakref.ref) -> None:
             pass  # the run stays 'running'; resume continues after what was committed
 
 
-# ------------------------------------------------ creating and reopening a store
-# Creating a store in one piece, and reopening one for writing after a crash or a checkpoint.
-#
-# Both leave the store in a state every reader and a later writer can trust: a store exists
-# complete or not at all, and a resumed store has its commit lowered first (readers stop
-# showing dropped rows at once) and its arrays trimmed after (no stale chunk survives to be
-# mistaken for a new row).
-
-
-def create_store(
-    path: str | os.PathLike,
-    individual: np.ndarray,
-    split: np.ndarray,
-    rank: np.ndarray,
-    baseline: np.ndarray,
-    n_layers: int,
-    n_heads: int,
-    config: dict | str,
-    package_version: str,
-    chunk_steps: int,
-    chunk_individuals: int,
-    fsync: bool,
-    extra: dict,
-) -> tuple[Path, dict]:
-    """Build a new store at ``path`` (see RunWriter.create); returns its path and the
-    checksums of the chunks written."""
-    root = Path(path)
-    if root.exists():
-        raise StoreError(f"{root}: already exists: a run's store is created once (continue a stopped run with "
-                         f"phasefit train {root.parent / 'config.toml'} --out {root.parent} --resume, or move the "
-                         "store away to start it over)")
-    individual = np.asarray(individual, dtype=np.int64)
-    split = np.asarray(split).astype(str)
-    rank = np.asarray(rank, dtype=np.int64)
-    baseline = np.asarray(baseline, dtype=np.float64)
-    n = len(individual)
-    if individual.ndim != 1 or split.shape != (n,) or rank.shape != (n,):
-        raise ValueError(f"individual, split and rank must all have shape ({n},)")
-    if baseline.shape != (len(ATTRIBUTES),):
-        raise ValueError(f"baseline must have one value per attribute {ATTRIBUTES}")
-    unknown = set(np.unique(split)) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"unknown split(s) {sorted(unknown)}; expected one of {SPLITS}")
-    # Built under a temporary name and renamed at the end: the store exists complete or not at all.
-    tmp = root.with_name(f"{root.name}.creating-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    store = DurableStore(tmp, fsync=fsync)
-    attributes = {
-        "schema_version": SCHEMA_VERSION,
-        "config": config if isinstance(config, str) else json.dumps(config, sort_keys=True, default=str),
-        "status": "running",
-        "committed_steps": 0,
-        "committed_train_steps": 0,
-        "package_version": str(package_version),
-        **{k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in extra.items()},
-    }
-    group = zarr.open_group(store, mode="w-", zarr_format=3, attributes=attributes)
-    arrays = create_arrays(group, n, int(n_layers), int(n_heads), chunk_steps, chunk_individuals)
-    arrays["individual"][:] = individual
-    arrays["split"][:] = split
-    arrays["rank"][:] = rank
-    arrays["attribute"][:] = np.array(ATTRIBUTES)
-    arrays["baseline"][:] = baseline
-    group.attrs.update({ATTR_CHECKSUMS: store.checksums()})
-    store.sync()
-    tmp.rename(root)
-    if fsync:
-        fsync_dir(root.parent)
-    return root, store.checksums()
+# ------------------------------------------------ reopening a store
+# Reopening a store for writing after a crash or a checkpoint leaves it in a state every
+# reader and a later writer can trust (as ``RunWriter.create`` does: a store exists complete
+# or not at all): the commit is lowered first (readers stop showing dropped rows at once) and
+# the arrays trimmed after (no stale chunk survives to be mistaken for a new row).
 
 
 def reopen_store(root: Path, attrs: dict, after_step: int | None, fsync: bool) -> tuple[int, int, dict]:
