@@ -8,7 +8,6 @@ configuration, flattened with dots ("world.n_individuals", "sampling.alpha", "se
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -20,9 +19,8 @@ import xarray as xr
 from logstore.checks import committed_rows, load_metadata
 from logstore.chunks import ArrayReader
 from logstore.durable import writer_busy
-from logstore.schema import StoreError
 from logstore.reader import open_many
-from logstore.schema import STORE_NAME
+from logstore.schema import STORE_NAME, StoreError, flatten_config
 
 # Conditions list_runs always shows when a run has them (the study's main axes).
 MAIN_CONDITIONS = ("world.n_individuals", "sampling.kind", "sampling.alpha", "seed")
@@ -52,19 +50,6 @@ def find_runs(runs_dir: str | os.PathLike) -> dict[str, Path]:
                     seen.add(real)
             dirnames[:] = kept
     return dict(sorted(found.items()))
-
-
-def flatten_config(config: dict | str, prefix: str = "") -> dict:
-    """{"world": {"n_individuals": 8}} -> {"world.n_individuals": 8} (lists kept as lists)."""
-    if isinstance(config, str):
-        config = json.loads(config) if config else {}
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def run_conditions(attrs: dict, root: Path) -> dict:

@@ -187,6 +187,12 @@ def create_arrays(
     return arrays
 
 
+def chunk_checksum(data) -> int:
+    """The crc32c a chunk file ends with (its Crc32cCodec's), as an integer: what the writer
+    records for each chunk it writes and a reader compares."""
+    return int.from_bytes(bytes(memoryview(data)[-4:]), "little")
+
+
 def json_attribute(attrs: dict, name: str, default=None):
     """A store attribute written as JSON (config, stages, conditions), decoded; ``default``
     when it is absent (a store written before the attribute existed) or not JSON."""
@@ -201,3 +207,18 @@ def json_attribute(attrs: dict, name: str, default=None):
         return json.loads(raw)
     except ValueError:
         return default
+
+
+def flatten_config(config: dict | str, prefix: str = "") -> dict:
+    """{"world": {"n_individuals": 8}} -> {"world.n_individuals": 8} (lists kept as lists)."""
+    if isinstance(config, str):
+        import json
+
+        config = json.loads(config) if config else {}
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

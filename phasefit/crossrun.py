@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from logstore.runs import flatten_config as flatten
+from logstore.schema import flatten_config as flatten
 from phasefit.bootstrap import seed_interval
 from phasefit.runs import condition_label, conditions
 

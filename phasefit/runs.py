@@ -18,20 +18,18 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from logstore.runs import flatten_config as flatten
-from logstore.schema import ATTR_CONDITION_LABEL, ATTR_CONDITIONS, ATTR_CONFIG, ATTR_STAGES, json_attribute
-
-STORE = "metrics.zarr"
+from logstore.schema import ATTR_CONDITION_LABEL, ATTR_CONDITIONS, ATTR_CONFIG, ATTR_STAGES, STORE_NAME, json_attribute
+from logstore.schema import flatten_config as flatten
 
 
 def is_run(path: Path) -> bool:
-    return (path / STORE).is_dir()
+    return (path / STORE_NAME).is_dir()
 
 
 def run_folder(path: str | Path) -> Path:
     """A run's folder, given the folder or its metrics.zarr."""
     path = Path(path)
-    return path.parent if path.name == STORE else path
+    return path.parent if path.name == STORE_NAME else path
 
 
 def run_name(path: str | Path) -> str:

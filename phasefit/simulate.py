@@ -318,12 +318,12 @@ def to_store(ds: xr.Dataset, run_dir, status: str | None = None, committed: int 
 
     import zarr
 
-    from logstore import RunWriter
+    from logstore import STORE_NAME, RunWriter
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     status = status or ds.attrs.get("status", "complete")
-    writer = RunWriter.create(run_dir / "metrics.zarr", individual=ds["individual"].values, split=ds["split"].values,
+    writer = RunWriter.create(run_dir / STORE_NAME, individual=ds["individual"].values, split=ds["split"].values,
                               rank=ds["rank"].values, baseline=ds["baseline"].values, n_layers=ds.sizes["layer"],
                               n_heads=ds.sizes["head"], config=ds.attrs["config"], package_version="simulated",
                               attributes={k: ds.attrs[k] for k in TRAINER_ATTRIBUTES if k in ds.attrs}, fsync=fsync)
@@ -334,7 +334,7 @@ def to_store(ds: xr.Dataset, run_dir, status: str | None = None, committed: int 
     writer.append_train(ds["train_step"].values, ds["train_loss"].values, ds["lr"].values)
     writer.close("failed" if status == "failed" else "complete", reason="simulated failure" if status == "failed" else "")
     if status == "running" or committed is not None:
-        group = zarr.open_group(run_dir / "metrics.zarr", mode="r+", zarr_format=3)
+        group = zarr.open_group(run_dir / STORE_NAME, mode="r+", zarr_format=3)
         attrs = group.attrs.asdict()
         attrs.update(status=status, committed_steps=int(ds.sizes["step"] if committed is None else committed))
         group.attrs.put(attrs)

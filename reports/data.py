@@ -84,7 +84,7 @@ def run_data(source, name: str | None = None, *, n_boot: int = 200, method: str 
     ``phasefit.detect`` (its defaults, so the numbers match ``phasefit detect``).
     """
     from phasefit.analysis import analyse
-    from logstore.runs import flatten_config as flatten
+    from logstore.schema import flatten_config as flatten
 
     if isinstance(source, (str, os.PathLike)):
         from logstore import open_run

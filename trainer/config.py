@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from logstore.schema import flatten_config
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown, of the wrong type, or holds an impossible value."""
@@ -190,10 +192,7 @@ class Config:
 
     def flat(self) -> dict:
         """{"seed": 0, "name": "", "world.n_individuals": 64000, ...}"""
-        out = {}
-        for key, value in self.to_dict().items():
-            out.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
-        return out
+        return flatten_config(self.to_dict())
 
     def conditions(self) -> dict:
         """The conditions that describe the run under their short names (``condition``), and its

@@ -24,7 +24,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from logstore.runs import flatten_config as flatten
+from logstore.schema import flatten_config as flatten
 from trainer.config import SECTIONS, Config, ConfigError, from_dict, read_toml
 from trainer.references import check_references
 
