@@ -2,7 +2,7 @@
 
     python benchmarks/bench_coverage.py                 # every scenario, 40 replicates each
     python benchmarks/bench_coverage.py --replicates 8  # quicker, coarser
-    python benchmarks/bench_coverage.py --only t2       # one family: t2, scaling, alpha, lag
+    python benchmarks/bench_coverage.py --only t2       # one family: t2, grid, scaling, alpha, lag
 
 An interval is validated by how often it covers a known answer, not by agreement between our
 own detectors. The runs come from ``phasefit.simulate`` with the messiness of real runs turned
@@ -19,7 +19,9 @@ known seed-to-seed spread of 10% in t2), and are measured with ``phasefit.detect
 - b of plateau end ~ a N^b: 4 population sizes x 3 seeds, true b = 0.81;
 - the alpha of the shortest plateau: an asymmetric valley with its minimum at 0.7, 8 alphas
   x 2 seeds;
-- the hallucination lag (onset - t2): a true lag of 0 (its bias; it has no interval yet).
+- the hallucination lag (onset - t2): a true lag of 0, covered by its paired interval;
+- the evaluation grid: the same run on 20, 60 and 200 evaluations, t2 moving less than its
+  interval's half-width.
 
 Seeds 1000 and up, never used to choose a default (the tests and the defaults' tuning use
 seeds below 100). Prints a table, then one JSON object per measurement: {"bench", "metric",
@@ -69,7 +71,8 @@ def covers(ci, value) -> float:
 
 
 def t2_family(replicates: int, rows: list) -> None:
-    """t2 and plateau length: one seed against its own noise-free value, three against the condition's."""
+    """t2 and plateau length: one seed against its own noise-free value, three against the
+    condition's; the bias of one run's t2 against the simulator's corner."""
     for noise, drift, n_evals in itertools.product(NOISES, DRIFTS, GRIDS):
         scenario = dict(RUN, noise=noise, drift=drift, n_evals=n_evals)
         condition = noise_free(simulate(**scenario, seed=SEED0))
@@ -80,8 +83,8 @@ def t2_family(replicates: int, rows: list) -> None:
             own = noise_free(runs[0])
             one["t2"].append(covers(found[0].t2_ci, own.t2))
             one["plateau_length"].append(covers(found[0].plateau_ci, own.plateau_length))
-            if found[0].t2 is not None and own.t2:
-                bias.append(found[0].t2 / own.t2 - 1)
+            if found[0].t2 is not None:
+                bias.append(found[0].t2 / phasefit.truth(runs[0])["t2"] - 1)
             for q in three:
                 across = seed_interval([getattr(p, q) for p in found])
                 three[q].append(covers(None if across is None else across[1:], getattr(condition, q)))
@@ -91,6 +94,22 @@ def t2_family(replicates: int, rows: list) -> None:
             rows.append((f"coverage_{q}_three_seeds", float(np.mean(three[q])), "share", config))
         rows.append(("median_bias_t2_one_seed", float(np.median(bias)) if bias else float("nan"), "share", config))
         print(f"  t2: noise {noise:.0%}, drift {drift:.0%}, {n_evals} evaluations done", file=sys.stderr, flush=True)
+
+
+def grid_family(replicates: int, rows: list) -> None:
+    """The same run (same individuals and facts) evaluated on 20, 60 and 200 steps: the share of
+    runs whose t2 moves by less than the half-width of its 200-evaluation interval."""
+    for noise in NOISES:
+        within = []
+        for r in range(replicates):
+            found = {n: phasefit.detect(simulate(**dict(RUN, noise=noise, n_evals=n), seed=SEED0 + 500 + r), per_fact=False)
+                     for n in GRIDS}
+            ci = found[200].t2_ci
+            moves = [abs(found[n].t2 - found[200].t2) for n in GRIDS if found[n].t2 is not None]
+            within.append(float(ci is not None and len(moves) == len(GRIDS) and max(moves) < (ci[1] - ci[0]) / 2))
+        rows.append(("t2_moves_less_than_its_interval", float(np.mean(within)), "share",
+                     {"noise": noise, "grids": list(GRIDS), "replicates": replicates}))
+        print(f"  grid: noise {noise:.0%} done", file=sys.stderr, flush=True)
 
 
 def scaling_family(replicates: int, rows: list) -> None:
@@ -146,20 +165,25 @@ def alpha_family(replicates: int, rows: list) -> None:
 
 
 def lag_family(replicates: int, rows: list) -> None:
-    """The hallucination lag with a true lag of 0: its median and spread (it has no interval)."""
-    for noise in NOISES:
-        lags = []
+    """The hallucination lag (onset - t2) with a true lag of 0: how often its interval (paired
+    replicates) holds 0, its median and spread."""
+    for noise, n_evals in itertools.product(NOISES, GRIDS):
+        lags, hits = [], []
         for r in range(replicates):
-            ds = simulate(**dict(RUN, noise=noise, n_evals=60), seed=SEED0 + r, seed_spread=SPREAD)
-            found = phasefit.detect(ds, n_boot=0, per_fact=False)
+            ds = simulate(**dict(RUN, noise=noise, n_evals=n_evals), seed=SEED0 + r, seed_spread=SPREAD)
+            found = phasefit.detect(ds, per_fact=False)
             if found.hallucination_lag is not None:
                 lags.append(found.hallucination_lag)
-        config = {"noise": noise, "true_lag": 0, "replicates": replicates}
+            hits.append(covers(found.hallucination_lag_ci, 0.0))
+        config = {"noise": noise, "n_evals": n_evals, "true_lag": 0, "replicates": replicates}
+        rows.append(("coverage_lag", float(np.mean(hits)), "share", config))
         rows.append(("median_lag", float(np.median(lags)) if lags else float("nan"), "steps", config))
         rows.append(("lag_sd", float(np.std(lags)) if lags else float("nan"), "steps", config))
+        print(f"  lag: noise {noise:.0%}, {n_evals} evaluations done", file=sys.stderr, flush=True)
 
 
-FAMILIES = {"t2": t2_family, "scaling": scaling_family, "alpha": alpha_family, "lag": lag_family}
+FAMILIES = {"t2": t2_family, "grid": grid_family, "scaling": scaling_family, "alpha": alpha_family,
+            "lag": lag_family}
 
 
 def main() -> None:

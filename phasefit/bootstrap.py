@@ -139,3 +139,78 @@ def seed_interval(values, level: float = 0.95) -> tuple[float, float, float] | N
     mean = float(values.mean())
     half = float(stats.t.ppf((1 + level) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
     return mean, mean - half, mean + half
+
+
+
+PIECE = 16  # evaluations per local cubic: short enough to follow a rounded drop, long enough to keep
+# most of a correlated noise (on the simulator, pieces of 8 took half of the variance of t2 at 3% noise)
+
+
+def phase_residuals(curve: Curve, boundaries, values: np.ndarray | None = None) -> np.ndarray:
+    """Relative residuals of the loss about cubics in log-step fitted within each phase (cut
+    at ``boundaries``, the steps of t1, t2, t3 found), over pieces of at most PIECE
+    evaluations, for the curve or each row of ``values`` (losses at the curve's steps): the
+    run's step-to-step noise, without the corners and bends that one smooth curve would leave
+    in it. A piece of 6 or 7 evaluations gets a quadratic, of 4 or 5 a line; NaN where a phase
+    holds fewer than 4 (too few to tell noise from shape), and before t1 (the fall from the
+    initial loss, a sigmoid of several nats).
+    """
+    x = curve.log_step
+    y = curve.loss[None] if values is None else np.atleast_2d(values)
+    cuts = np.log1p(sorted(t for t in boundaries if t is not None and np.isfinite(t)))
+    phase = np.searchsorted(cuts, x)
+    out = np.full(y.shape, np.nan)
+    for k in np.unique(phase):
+        if k == 0 and len(cuts):  # the fall to t1: several nats of shape, not noise
+            continue
+        members = np.flatnonzero(phase == k)
+        for inside in np.array_split(members, -(-len(members) // PIECE)):
+            if len(inside) < 4:
+                continue
+            degree = 3 if len(inside) >= 8 else 2 if len(inside) >= 6 else 1
+            design = np.vander(x[inside] - x[inside].mean(), degree + 1)
+            coef, *_ = np.linalg.lstsq(design, y[:, inside].T, rcond=None)
+            fitted = (design @ coef).T
+            # Scaled for the parameters fitted, so the residuals keep the noise's variance.
+            scale = np.sqrt(len(inside) / (len(inside) - degree - 1))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, inside] = (y[:, inside] / fitted - 1) * scale
+    return out[0] if values is None else out
+
+
+def training_noise(curve: Curve, boundaries, replicates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Factors (n_boot, n) that give each bootstrap replicate curve a new draw of the run's
+    training noise: a moving-block bootstrap over evaluations (blocks of n^(1/3), so the noise's
+    correlation from step to step is kept) of ``phase_residuals``, as 1 + residual.
+
+    The residuals also hold the part of the individuals' sampling noise that varies from step
+    to step, which ``replicates`` (the individual bootstrap's curves at the same steps) already
+    resample: the residuals are shrunk by the share of their variance that the same residuals
+    of the replicates explain, so it is not counted twice. A curve with too few evaluations per
+    phase gets factors of 1.
+    """
+    n_boot, n = replicates.shape
+    residual = phase_residuals(curve, boundaries)
+    usable = np.isfinite(residual)
+    if n_boot == 0 or usable.sum() < 4:
+        return np.ones((n_boot, n))
+    # The replicates' residuals are the curve's plus their own sampling deviation; within each
+    # phase, the share of the curve's residual variance that deviation explains is taken out.
+    sampling = phase_residuals(curve, boundaries, np.where(np.isfinite(replicates), replicates, curve.loss[None]))
+    sampling = sampling - residual[None]
+    phase = np.searchsorted(np.log1p(sorted(t for t in boundaries if t is not None and np.isfinite(t))), curve.log_step)
+    shrunk = np.zeros(n)
+    for k in np.unique(phase[usable]):
+        inside = usable & (phase == k)
+        total = float(np.mean(residual[inside] ** 2))
+        own = float(np.mean(sampling[:, inside] ** 2))
+        shrunk[inside] = residual[inside] * (np.sqrt(max(0.0, 1 - own / total)) if total > 0 else 0.0)
+    pool = shrunk[usable] - shrunk[usable].mean()
+    # A few residuals far out are the polynomial's misfit where a phase bends (relative residuals
+    # grow where the loss is small), not noise: held to 3 robust sds.
+    limit = 3 * 1.4826 * float(np.median(np.abs(pool - np.median(pool))))
+    pool = np.clip(pool, -limit, limit)
+    block = max(1, round(len(pool) ** (1 / 3)))
+    starts = rng.integers(0, len(pool) - block + 1, size=(n_boot, -(-n // block)))
+    draws = pool[(starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n]]
+    return np.maximum(1 + draws, 0.0)

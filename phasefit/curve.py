@@ -240,7 +240,9 @@ def smooth_for_band(curve: Curve, band: float, window: int | str = "auto", max_w
         else:
             window = min(int(np.ceil((4 * 1.25 * noise / band) ** 2)) | 1, max(int(max_window), 1))
     window = max(int(window), 1)
-    if window > 1 and len(curve.loss) > window:
+    if len(curve.loss) <= window:  # a window as long as the curve would flatten it: none
+        return curve, 1
+    if window > 1:
         curve = curve.with_loss(median_filter(curve.loss, size=window, mode="nearest"))
     return curve, window
 

@@ -1,13 +1,16 @@
 """Hallucination: held-out individuals, never trained on, against the baseline.
 
 A calibrated model stays at the baseline B on individuals it has never seen; loss above B is
-over-confidence. The onset is the step from which the held-out loss stays above its floor
-F + tol B for good (interpolated between evaluations, log-step axis), the floor F being the
-baseline, or the held-out loss's lowest level when it never comes down to the baseline (a
-small model on a small world already guesses from name tokens it shares with trained
-individuals). Its lag is onset - t2, and the confidence gap is the held-out minus trained
-mean of top_prob (probability of the top token at the value's first token) and of entropy
-(nats) at every evaluation.
+over-confidence. The onset is read by the rule of the plateau's end (``phasefit.rules.departure``),
+mirrored: the held-out loss's floor is a line (level and trend, log-step axis) fitted to its
+evaluations from the first within tol B of the floor level F on, F being the baseline, or the
+held-out loss's lowest level when it never comes down to the baseline (a small model on a
+small world already guesses from name tokens it shares with trained individuals); the rise is
+what follows the last evaluation not more than tol B above that line; the onset is where the
+line of the early rise (10% to 80% of the way to the final level) meets the floor's. Its lag is
+onset - t2, both read by the same rule on their two curves, and the confidence gap is the
+held-out minus trained mean of top_prob (probability of the top token at the value's first
+token) and of entropy (nats) at every evaluation.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from phasefit.curve import Curve, largest_window, smooth_for_band
-from phasefit.rules import crossing
+from phasefit.rules import departure
 
 
 @dataclass
@@ -54,17 +57,21 @@ def onset(curve: Curve, tol: float = 0.02, smooth: int | str = "auto", smooth_sp
     return HallucinationOnset(None, notes, window)
 
 
-def onsets(curve: Curve, L: np.ndarray, tol: float) -> np.ndarray:
+def onsets(curve: Curve, L: np.ndarray, tol: float, tail: float = 0.05) -> np.ndarray:
     """Onset for every row of ``L`` (held-out losses at ``curve.step``); NaN where none.
 
-    The floor of a row is max(B, its lowest loss); the onset is where the row last rises
-    above floor + tol B."""
+    The floor level of a row is max(B, its lowest loss), its final level the median of the last
+    ``tail`` of the run; the onset is where the row's rise leaves its floor's line (the rule of
+    t2 on -L, ``departure``)."""
     n = L.shape[1]
-    level = np.maximum(curve.baseline, np.nanmin(L, axis=1)) + tol * curve.baseline
-    at_base = L <= level[:, None]
-    last = n - 1 - at_base[:, ::-1].argmax(axis=1)
-    found = at_base.any(axis=1) & (last < n - 1)
-    return np.where(found, np.expm1(crossing(curve.log_step, L, last, level)), np.nan)
+    floor = np.maximum(curve.baseline, np.nanmin(L, axis=1))
+    band = tol * curve.baseline
+    reached = L <= (floor + band)[:, None]
+    first = reached.argmax(axis=1)
+    last_tail = min(int(np.searchsorted(curve.step, curve.step[-1] - tail * curve.run_length)), n - 3)
+    end = np.median(L[:, last_tail:], axis=1)
+    found = departure(curve.log_step, -L, first, -floor, -end, band, first=first)
+    return np.where(found["left"], np.expm1(found["onset"]), np.nan)
 
 
 def confidence_gap(individual: xr.Dataset) -> xr.Dataset:

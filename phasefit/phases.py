@@ -30,8 +30,8 @@ from phasefit.runs import RunInfo, open_run, run_info
 from phasefit.summary import Summary, population_curves, split_curve, summarise
 
 MIN_EVALUATIONS = 3  # fewer finite evaluations cannot show phases
-# What one run's intervals resample: its individuals, not its training noise nor the seed.
-ONE_SEED = "one seed: individuals resampled (not training noise, not seed-to-seed spread)"
+# What one run's intervals resample: its individuals and its step-to-step noise, not the seed.
+ONE_SEED = "one seed: individuals and step-to-step training noise resampled (not seed-to-seed spread)"
 FROM_TRAINED = "its trained individuals are known from step 0, so their curve has no phases (t1, t2, t3)"
 
 
@@ -63,6 +63,7 @@ class Phases:
     hallucination_onset: float | None = None  # held-out loss above the baseline for good
     hallucination_onset_ci: list | None = None
     hallucination_lag: float | None = None  # onset - t2
+    hallucination_lag_ci: list | None = None  # paired: each replicate's onset - its t2
     n_steps: float | None = None  # the run's planned training steps
     last_step: float | None = None  # last committed evaluation
     complete: bool = True
@@ -225,18 +226,19 @@ def detect_run(ds: xr.Dataset, info: RunInfo, method: str | Detector = "auto", *
     phases.final_accuracy = float(curve.accuracy[-1]) if np.isfinite(curve.accuracy[-1]) else None
 
     rng = np.random.default_rng(seed)
+    noise = None  # the replicates' draws of step noise, shared with the held-out onset's
     if info.init_from:
         phases.diagnostics.update(n_boot=n_boot, level=level)
         phases.notes.append(f"started from a trained model ({info.init_from}): {FROM_TRAINED}")
     else:
         detector = make_detector(method, **params).fit(curve)
         _boundaries_into(phases, detector)
-        _intervals(phases, detector, summary, curve, n_boot, rng, level)
+        noise = _intervals(phases, detector, summary, curve, n_boot, rng, level)
     phases.diagnostics.update(noise=estimate_noise(curve), resolution_at_t2=_resolution(curve, phases.t2),
                               plateau_accuracy=_mean_between(curve, phases.t1, phases.t2),
                               n_train=int((ds["split"].values == "train").sum()),
                               n_heldout=int((ds["split"].values == "heldout").sum()))
-    _hallucination(phases, ds, summary, n_boot, rng, level, hallucination_tol)
+    _hallucination(phases, ds, summary, n_boot, rng, level, hallucination_tol, noise)
     if per_fact and "correct" in ds:
         acq = facts.acquisition(ds, summary)
         phases.acquisition = acq
@@ -246,13 +248,17 @@ def detect_run(ds: xr.Dataset, info: RunInfo, method: str | Detector = "auto", *
     return phases, summary
 
 
-def _intervals(phases: Phases, detector: Detector, summary, curve: Curve, n_boot: int, rng, level: float) -> None:
-    """Bootstrap intervals over train individuals: each boundary refitted by its detector."""
+def _intervals(phases: Phases, detector: Detector, summary, curve: Curve, n_boot: int, rng, level: float) -> np.ndarray:
+    """Bootstrap intervals over train individuals and the run's step-to-step noise (each
+    replicate curve times a block-bootstrap draw of the noise): each boundary refitted by its
+    detector. The final accuracy's interval resamples individuals only."""
     reps = bootstrap.replicate_curves(summary.individual, "train", curve.step, n_boot, rng, ("loss_sum", "n_correct"))
+    noise = bootstrap.training_noise(curve, (phases.t1, phases.t2, phases.t3), reps["loss_sum"], rng)
+    losses = reps["loss_sum"] * noise
     members = getattr(detector, "members_", {detector.name: detector})
     table = np.full((n_boot, 3), np.nan)
     for name in sorted(set(phases.sources.values())):
-        fitted = bootstrap.replicate_boundaries(members[name], curve, reps["loss_sum"])
+        fitted = bootstrap.replicate_boundaries(members[name], curve, losses)
         for k, key in enumerate(BOUNDARIES):
             if phases.sources.get(key) == name:
                 table[:, k] = fitted[:, k]
@@ -267,9 +273,13 @@ def _intervals(phases: Phases, detector: Detector, summary, curve: Curve, n_boot
         phases.notes.append("n_boot = 0: no confidence intervals")
     else:
         phases.ci_kind = ONE_SEED
+    return noise
 
 
-def _hallucination(phases: Phases, ds, summary, n_boot, rng, level, tol) -> None:
+def _hallucination(phases: Phases, ds, summary, n_boot, rng, level, tol, noise: np.ndarray | None) -> None:
+    """The held-out onset and its interval (held-out individuals, and the train replicates'
+    draws of step noise, ``noise``, at the same steps), and the lag onset - t2 with the
+    interval of the replicate-by-replicate differences (paired by that shared noise)."""
     if "heldout" not in phases.curves["split"].values:
         phases.notes.append("no held-out individuals: no hallucination onset")
         return
@@ -280,13 +290,21 @@ def _hallucination(phases: Phases, ds, summary, n_boot, rng, level, tol) -> None
     phases.gap = confidence_gap(summary.individual)
     if found.onset is not None and phases.t2 is not None:
         phases.hallucination_lag = found.onset - phases.t2
-    if found.onset is not None and n_boot:
-        reps = bootstrap.replicate_curves(summary.individual, "heldout", held.step, n_boot, rng)["loss_sum"]
-        reps = np.where(np.isfinite(reps), reps, held.loss[None])
-        if found.smooth_window > 1:  # as for the thresholds: the noise guard is kept across replicates
-            reps = median_filter(reps, size=(1, found.smooth_window), mode="nearest")
-        values = onsets(held, reps, tol)
-        phases.hallucination_onset_ci = _ci(values, True, level)
+    if found.onset is None or not n_boot:
+        return
+    reps = bootstrap.replicate_curves(summary.individual, "heldout", held.step, n_boot, rng)["loss_sum"]
+    reps = np.where(np.isfinite(reps), reps, held.loss[None])
+    if noise is not None:  # the step noise every fact of a step shares, train and held-out alike
+        at = np.searchsorted(phases.curve.step, held.step).clip(0, len(phases.curve.step) - 1)
+        same = phases.curve.step[at] == held.step
+        reps = np.where(same[None], reps * noise[:, at], reps)
+    if found.smooth_window > 1:  # as for the thresholds: the noise guard is kept across replicates
+        reps = median_filter(reps, size=(1, found.smooth_window), mode="nearest")
+    values = onsets(held, reps, tol)
+    phases.hallucination_onset_ci = _ci(values, True, level)
+    if phases.hallucination_lag is not None and phases.replicates is not None:
+        lags = values - phases.replicates.sel(boundary="t2").values
+        phases.hallucination_lag_ci = _ci(lags, True, level)
 
 
 def _resolution(curve: Curve, t: float | None) -> float | None:

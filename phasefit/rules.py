@@ -3,7 +3,12 @@
 With L(t) the population loss and B the baseline (nats):
 
 - t1 = the first step at which L <= B (1 + t1_tol): the marginals are learned;
-- t2 = the step after which L stays below B (1 - t2_tol): the plateau ends for good;
+- t2 = the plateau's end, relative to the run's own plateau: with P(t) the line (level and
+  trend, in log-step) fitted to the plateau's evaluations, where the line of the early drop
+  (the evaluations between 10% and 80% of the way from P to the final level) meets P, the
+  drop being the part of the curve after which L stays more than t2_tol B below P for good
+  (the extrapolated onset; at a corner of a broken line exactly, whatever the evaluation
+  grid; a plateau that drifts does not move it, nor does one evaluation back in the band);
 - t3 = the step after which L stays below E + t3_tol (B - E), with E the final level (the
   median loss over the last ``tail`` share of the run): knowledge is saturated.
 
@@ -30,7 +35,7 @@ class Boundaries:
     """The three phase boundaries of one curve, in training steps."""
 
     t1: float | None  # marginals learned: the loss reaches the baseline
-    t2: float | None  # plateau end: the loss leaves the baseline downwards for good
+    t2: float | None  # plateau end: the loss leaves its own plateau downwards for good
     t3: float | None  # knowledge saturated: the loss reaches its final level
     notes: list[str] = field(default_factory=list)
     diagnostics: dict = field(default_factory=dict)
@@ -57,6 +62,101 @@ def crossing(x: np.ndarray, values: np.ndarray, i: np.ndarray, level) -> np.ndar
     f = np.clip(np.nan_to_num(f, nan=1.0), 0.0, 1.0)
     return x[i] + f * (x[i + 1] - x[i])
 
+MIN_TREND = 3  # plateau evaluations needed to fit its line; fewer: the expected level (B), flat
+WIDE = 0.1  # the first plateau window: within this share of the level (a drift of up to 10%)
+TREND_MAX = 0.2  # a plateau's trend, at most this share of the drop's slope (else: a flat plateau)
+ONSET_SHARE = (0.1, 0.8)  # the part of the drop whose line is extrapolated back to the plateau
+
+
+def _line(x: np.ndarray, y: np.ndarray, mask: np.ndarray, min_points: int, level0) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares line y = a + b x through the points of each row where ``mask`` holds;
+    ``level0`` (one per row, or a number) and no slope where a row has fewer than
+    ``min_points`` (too few to tell a line from noise)."""
+    m = mask.astype(float)
+    count = m.sum(axis=1)
+    y = np.nan_to_num(y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = (m * x).sum(axis=1) / count
+        my = (m * y).sum(axis=1) / count
+        dx = np.where(mask, x - mx[:, None], 0.0)
+        sxx = (dx * dx).sum(axis=1)
+        b = (dx * y).sum(axis=1) / sxx
+    enough = (count >= min_points) & (sxx > 0)
+    return np.where(enough, my - b * mx, level0), np.where(enough, b, 0.0)
+
+
+def departure(x: np.ndarray, Y: np.ndarray, start: np.ndarray, level0, end: np.ndarray, tol: float,
+              iterations: int = 2, first: np.ndarray | None = None) -> dict:
+    """Where each row of ``Y`` (rows, evaluations on the axis ``x``) leaves its own plateau
+    downwards for good, from evaluation ``start`` on (one per row).
+
+    The plateau is a line P(x) = a + b x (its level and trend), fitted to the row's
+    evaluations from ``first`` (default: the first from ``start`` on at most ``tol`` above
+    ``level0``) to the last that is not more than ``tol`` below P (the band), refitted
+    ``iterations`` times from P = ``level0``; ``level0`` and ``end`` are numbers or one per row. ``crossing``
+    is where the row falls through the band for good; ``onset``, where the line through the
+    early drop (the evaluations between ONSET_SHARE of the way from P to ``end``, at least
+    the first two below the band) meets P: the extrapolated onset, at a corner of a broken
+    line exactly, whatever the spacing of evaluations. ``left`` is False where the row is still
+    in the band at its last evaluation.
+    """
+    rows, n = Y.shape
+    index = np.arange(n)[None]
+    level0 = np.broadcast_to(np.asarray(level0, dtype=float), (rows,))
+    end = np.broadcast_to(np.asarray(end, dtype=float), (rows,))
+    if first is None:
+        near = (Y <= level0[:, None] + tol) & (index >= start[:, None])
+        first = np.where(near.any(axis=1), near.argmax(axis=1), start)
+    sloped = _departure(x, Y, start, first, level0, end, tol, iterations, MIN_TREND)
+    # A "plateau" falling at more than TREND_MAX of the drop's pace is the drop's slow start (real
+    # runs), not a drifting plateau: such rows are read against a flat plateau at level0.
+    fast = np.abs(sloped["trend"]) > TREND_MAX * np.abs(sloped["drop_slope"])
+    if not fast.any():
+        return sloped
+    flat = _departure(x, Y, start, first, level0, end, tol, 0, n + 1)
+    return {k: np.where(fast, flat[k], v) for k, v in sloped.items()}
+
+
+def _departure(x, Y, start, first, level0, end, tol, iterations: int, min_trend: int) -> dict:
+    rows, n = Y.shape
+    index = np.arange(n)[None]
+    a = level0.copy()
+    b = np.zeros(rows)
+    # The first window is wide (a drifting plateau may sink below the band before its end), the
+    # next ones follow the fitted plateau.
+    width = np.maximum(tol, WIDE * np.abs(a))[:, None] if iterations else tol
+    for k in range(iterations + 1):
+        band = a[:, None] + b[:, None] * x[None] - (width if k == 0 else tol)
+        above = (Y >= band) & (index >= start[:, None])
+        # One evaluation back in the band between two below it is a spike, not the plateau.
+        above[:, 1:] &= ~(~above[:, :-1] & ~np.c_[above[:, 2:], np.zeros((rows, 1), bool)])
+        has_above = above.any(axis=1)
+        last = np.where(has_above, n - 1 - above[:, ::-1].argmax(axis=1), start - 1)
+        if k == iterations:
+            break
+        a, b = _line(x[None], Y, (index >= first[:, None]) & (index <= last[:, None]), min_trend, level0)
+    left = last < n - 1
+    i = np.clip(last, 0, n - 2)
+    cross = crossing(x, Y - band, i, 0.0)
+    plateau = a[:, None] + b[:, None] * x[None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = (plateau - Y) / (plateau - end[:, None])
+    after = index > last[:, None]
+    drop = after & (share >= ONSET_SHARE[0]) & (share <= ONSET_SHARE[1])
+    few = drop.sum(axis=1) < 2
+    drop[few] = (after & (index <= last[:, None] + 2))[few]
+    ad, bd = _line(x[None], Y, drop, 2, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        meet = (ad - a) / (b - bd)
+    # A corner lies before the first evaluation below the band (where the chord to it crosses the
+    # band can lie before the corner, on a coarse grid). A line that meets the plateau only after
+    # it is steeper than the drop's start (a drop that gathers pace, as on real runs): no corner
+    # to extrapolate to, and the band's crossing is the plateau's end.
+    below = x[np.clip(last + 1, 0, n - 1)]
+    onset = np.where(np.isfinite(meet) & (bd < b) & (meet <= below), meet, cross)
+    return {"left": left, "last": last, "crossing": cross, "onset": onset, "level": a, "trend": b,
+            "drop_slope": np.where(np.isfinite(bd), bd, 0.0)}
+
 
 def threshold_rules(curve: Curve, L: np.ndarray, t1_tol: float, t2_tol: float, t3_tol: float,
                     tail: float) -> dict:
@@ -77,17 +177,13 @@ def threshold_rules(curve: Curve, L: np.ndarray, t1_tol: float, t2_tol: float, t
     i1 = near.argmax(axis=1)
     t1 = np.where(i1 == 0, step[0], cross(i1 - 1, base * (1 + t1_tol)))
 
-    low = base * (1 - t2_tol)
-    above = (L >= low) & (index >= i1[:, None])
-    has_above = above.any(axis=1)
-    last_above = n - 1 - above[:, ::-1].argmax(axis=1)
-    ended = ~(has_above & (last_above == n - 1))
-    # Never above the low band after t1: it left the baseline between evaluations around t1.
-    i2 = np.where(has_above, last_above, i1 - 1)
-    t2 = np.where(i2 >= 0, np.maximum(cross(i2, low), t1), t1)
-
     first_tail = min(int(np.searchsorted(step, step[-1] - tail * curve.run_length)), n - 3)
     end = np.median(L[:, first_tail:], axis=1)
+
+    plateau = departure(x, L, i1, base, end, t2_tol * base)
+    ended = plateau["left"]
+    # Never in the band after t1: it left the baseline between evaluations around t1.
+    t2 = np.maximum(np.expm1(plateau["onset"]), t1)
     ceiling = end + t3_tol * (base - end)
     high = L > ceiling[:, None]
     i3 = np.where(high.any(axis=1), n - 1 - high[:, ::-1].argmax(axis=1), 0)
@@ -98,7 +194,8 @@ def threshold_rules(curve: Curve, L: np.ndarray, t1_tol: float, t2_tol: float, t
     t[~has_t1] = np.nan
     t[~ended, 1:] = np.nan
     t[~saturated, 2] = np.nan
-    return {"t": t, "end": end, "ceiling": ceiling, "t3_in_tail": i3 + 1 >= first_tail}
+    return {"t": t, "end": end, "ceiling": ceiling, "t3_in_tail": i3 + 1 >= first_tail,
+            "plateau_level": plateau["level"], "plateau_trend": plateau["trend"]}
 
 
 def rules_on(curve: Curve, t1_tol: float, t2_tol: float, t3_tol: float, tail: float, subject: str = "loss",
@@ -124,6 +221,11 @@ def rules_on(curve: Curve, t1_tol: float, t2_tol: float, t3_tol: float, tail: fl
     elif in_tail:
         notes.append(f"t3 falls in the last {tail:.0%} of the run: the {subject} may still be falling")
     diagnostics = {"final_level": float(found["end"][0]), "t3_level": float(found["ceiling"][0])}
+    if t1 is not None and t2 is not None:  # the plateau's line, as a share of B: where it starts, how far it sinks
+        level, trend = found["plateau_level"][0], found["plateau_trend"][0]
+        start = level + trend * np.log1p(t1)
+        diagnostics.update(plateau_level=float(start / curve.baseline),
+                           plateau_drift=float(trend * (np.log1p(t2) - np.log1p(t1)) / curve.baseline))
     return Boundaries(t1, t2, t3, notes, diagnostics)
 
 

@@ -1,4 +1,4 @@
-"""Threshold rules relative to the baseline: the literal definitions of the phases.
+"""Threshold rules relative to the baseline and the run's own plateau: the definitions of the phases.
 
 The rules themselves (``phasefit.rules``) applied to the empirical curve. When the noise is
 large against the bands, the curve is first smoothed with a running median. The rules run on
@@ -21,7 +21,9 @@ class ThresholdDetector(Detector):
     Parameters (the defaults and why: docs/phasefit.md, "Defaults of the thresholds")
     ----------
     t1_tol : relative band above B that counts as "at the baseline" (default 0.05).
-    t2_tol : how far below B the loss must fall, for good, to end the plateau (default 0.02).
+    t2_tol : how far below its own plateau (level and trend), as a share of B, the loss must
+        fall for good to have left it (default 0.02); t2 is where the drop's line meets the
+        plateau's (``phasefit.rules.departure``).
     t3_tol : share of the knowledge drop B - E still to go at saturation (default 0.02).
     tail : share of the run whose median loss is the final level E (default 0.05).
     smooth : running-median window in evaluations, or "auto": 1 (none) unless the noise

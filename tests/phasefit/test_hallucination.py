@@ -51,8 +51,9 @@ def test_onset_on_a_short_run_keeps_the_dip_to_the_baseline():
         assert found.smooth_window <= 3
         assert found.onset is not None, found.notes
         assert abs(found.onset - target) / 1200 < 0.03, (found.onset, target)
-        # With a window of half the run, as before, the dip is gone and the onset comes far too late.
-        assert onset(split_curve(ds, population_curves(ds), "heldout"), smooth_span=0.5).onset - target > 0.04 * 1200
+        # With a window of half the run, as before, the dip is smoothed away.
+        wide = onset(split_curve(ds, population_curves(ds), "heldout"), smooth_span=0.5)
+        assert any("never came down to the baseline" in n for n in wide.notes), wide
 
 
 def test_onset_is_measured_from_the_lowest_level_when_heldout_never_reaches_the_baseline():

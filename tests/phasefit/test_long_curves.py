@@ -26,10 +26,10 @@ def broken_line(step: np.ndarray) -> np.ndarray:
 
 
 def band_crossings() -> np.ndarray:
-    """The threshold rules (bands 5%, 2%, 2%) on the noise-free line, solved by hand."""
+    """The threshold rules (bands 5%, 2%) and the plateau's end on the noise-free line, solved by hand."""
     x1, x2, x3 = np.log1p(CORNERS)
     t1 = x1 * (1 - 0.05)  # the fall reaches B (1 + 0.05)
-    t2 = x2 + (x3 - x2) * 0.02 * B / (B - E)  # the drop passes B (1 - 0.02)
+    t2 = x2  # the line of the drop meets the plateau's: its corner
     t3 = x2 + (x3 - x2) * 0.98  # the drop reaches E + 0.02 (B - E)
     return np.expm1([t1, t2, t3])
 

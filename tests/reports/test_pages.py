@@ -69,7 +69,7 @@ def test_index_lists_every_run_with_state_phases_and_links(sweep, site):
     low, value, high = (float(t2[i].replace(",", "")) for i in (1, 0, 2))
     assert low <= value <= high and 300 < value < 500
     index = (site / "index.html").read_text()
-    assert "95% intervals: one seed: individuals resampled" in index  # what they leave out, said under the table
+    assert "95% intervals: one seed: individuals and step-to-step training noise resampled" in index  # what they leave out, said under the table
     for name in names - {"broken"}:
         link = re.search(r'href="([^"]+)"', rows[name]).group(1)
         assert (site / html.unescape(link)).is_file()
