@@ -73,9 +73,10 @@ def format_findings(f: dict) -> str:
                      f"{_steps(u, ci['uniform'][n])} steps uniform")
     kinds = "; ".join(f["ci_kinds"]) or "none (no bootstrap)"
     one_seed = f["ci_kinds"] and all(k.startswith("one seed") for k in f["ci_kinds"])
-    lines.append(f"95% intervals: {kinds}" + (
-        ". The demo runs one seed per condition (configs/demo.toml), so each finding is one training run's: "
-        "its intervals cannot show seed-to-seed spread" if one_seed else ""))
+    lines.append(f"95% intervals: {kinds}")
+    if one_seed:
+        lines.append("The demo runs one seed per condition (configs/demo.toml), so each finding is one training "
+                     "run's:\nits intervals cannot show seed-to-seed spread.")
     return "\n".join(lines)
 
 
