@@ -2,8 +2,10 @@
 
 For each run: ``phases.json`` in the run folder. For each folder of runs named:
 ``phases.csv`` (one row per run) and, when its runs vary N, alpha or the sampling
-condition, or repeat seeds, ``crossrun.json``. On the terminal a table (or, with --json, one
-JSON array of the per-run objects) and the cross-run fits. A run that cannot be read or
+condition, or repeat seeds, ``crossrun.json``; when some condition has two seeds or more,
+``conditions.csv`` (one row per condition, its intervals across seeds). On the terminal,
+that table of conditions first (when some condition has seeds), then the table of runs
+(or, with --json, one JSON array of the per-run objects) and the cross-run fits. A run that cannot be read or
 analysed becomes a row whose notes say why; the exit code is then 1. Bad arguments (no such
 folder, unreadable curve file, unknown method) raise PhasefitError: one line, exit code 2.
 
@@ -167,6 +169,7 @@ def detect_runs(paths: list[str], *, method: str = "auto", n_boot: int = 200, as
     results.extend(run_results)
 
     from phasefit.analysis import phases_table
+    from phasefit.conditions import to_csv as conditions_csv
     from phasefit.crossrun import crossrun
 
     for (name, path, _), result in zip(runs, run_results):
@@ -181,10 +184,15 @@ def detect_runs(paths: list[str], *, method: str = "auto", n_boot: int = 200, as
         here = stats if len(rows) == len(run_results) else crossrun(rows)
         if here is not None and not here.empty():
             _write(folder / "crossrun.json", json.dumps(here.to_dict(), indent=1, default=_json_default) + "\n", warn)
+        if here is not None and here.has_seeds():
+            _write(folder / "conditions.csv", conditions_csv(here.conditions), warn)
 
     if as_json:
         print(json.dumps([{k: v for k, v in r.items() if k != "error"} for r in results], default=_json_default))
     else:
+        if stats is not None and stats.has_seeds():  # the headline: the conditions, across seeds
+            print("conditions (95% intervals across seeds where a condition has two or more):\n"
+                  + stats.format_conditions() + "\n\nruns (each interval from one seed):")
         print(format_table(results))
         if stats is not None and not stats.empty():
             print("\ncross-run:\n" + stats.format())

@@ -7,8 +7,10 @@
   interval over seeds, beside the swept alpha of the shortest plateau and its neighbours.
 - ``compare_conditions``: differences of a quantity between conditions (e.g. warm-up minus
   uniform) with intervals: Welch's t interval across seeds when both sides have two runs or
-  more, otherwise a normal interval from the runs' bootstrap intervals.
+  more; otherwise (method "one seed") a normal interval from the runs' within-run intervals,
+  with a note that it cannot separate the conditions from seed-to-seed noise.
 - ``seed_summary``: runs that differ only by seed: mean and t interval of each quantity.
+- ``condition_summary`` (``phasefit.conditions``): the headline, one row per condition.
 - ``crossrun``: all of the above from a list of ``Phases`` (or their dicts), as the runs allow.
 """
 
@@ -22,9 +24,10 @@ import pandas as pd
 
 from logstore.schema import flatten_config as flatten
 from phasefit.bootstrap import seed_interval
+from phasefit.conditions import HEADLINE as QUANTITIES, INTERVENTION, condition_summary, format_conditions, has_seeds
+from phasefit.conditions import measured, num as _num, seed_kind
 from phasefit.runs import condition_label, conditions
 
-QUANTITIES = ("t1", "t2", "t3", "plateau_length", "final_accuracy", "hallucination_onset")
 CI_FIELD = {"plateau_length": "plateau_ci"}
 IGNORED = ("seed", "name", "train.init_from", "train.compile", "train.cuda_graphs", "train.checkpoint_every_s",
            "train.n_checkpoints", "eval.batch_size")  # keys that do not change what is measured
@@ -222,14 +225,20 @@ def _frame(phases) -> pd.DataFrame:
             flat["sampling.kind"], flat["sampling.alpha"] = "power_law", 0.0
         sampling = tuple(k for k in flat if k.startswith("sampling."))
         # The label the run's store gives (a phases.json of before it did: its conditions').
-        label = d.get("condition_label") or condition_label(d.get("conditions") or conditions(config))
+        named = d.get("conditions") or conditions(config)
+        label = d.get("condition_label") or condition_label(named)
         row = {"run": d.get("run"), "status": d.get("status"), "config": flat, "kind": kind,
-               "condition": label, "match": _key(flat, sampling),
-               "N": flat.get("world.n_individuals"), "alpha": flat.get("sampling.alpha"), "seed": flat.get("seed")}
+               "condition": label, "conditions": named, "match": _key(flat, sampling), "group": _key(flat),
+               "N": flat.get("world.n_individuals"), "alpha": flat.get("sampling.alpha"), "seed": flat.get("seed"),
+               "ci_kind": d.get("ci_kind")}
         for q in QUANTITIES:
             row[q] = d.get(q)
             ci = d.get(CI_FIELD.get(q, f"{q}_ci"))
             row[f"{q}_lo"], row[f"{q}_hi"] = ci if ci else (None, None)
+        for q, (section, key) in INTERVENTION.items():
+            if d.get(section):
+                row[q] = d[section].get(key)
+                row[f"{q}_lo"], row[f"{q}_hi"] = d[section].get(f"{key}_ci") or (None, None)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -262,14 +271,13 @@ def seed_summary(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     for key, group in frame.groupby(frame["config"].map(_key), sort=False):
         if len(group) < 2:
             continue
-        for q in QUANTITIES:
+        for q in measured(frame):
             found = seed_interval(group[q].tolist(), level)
             if found:
                 n = int(group[q].notna().sum())
                 rows.append({"runs": ",".join(map(str, group["run"])), "n_seeds": n,
                              "quantity": q, "mean": found[0], "low": found[1], "high": found[2],
-                             "sd": float(np.nanstd(group[q].astype(float), ddof=1)),
-                             "ci_kind": f"seeds: t interval over {n} seeds' estimates"})
+                             "sd": float(np.nanstd(group[q].astype(float), ddof=1)), "ci_kind": seed_kind(n)})
     return pd.DataFrame(rows)
 
 
@@ -278,8 +286,10 @@ def compare_conditions(frame: pd.DataFrame, by: str, quantity: str, reference, l
     """Difference of ``quantity`` between each value of column ``by`` and ``reference``.
 
     ``within``: columns that must match (e.g. ("N",) to compare at equal population size).
-    Welch t interval when both sides have >= 2 runs (seeds), else a normal interval from the
-    two runs' bootstrap intervals (their half-widths / z as standard errors).
+    Welch t interval when both sides have >= 2 runs (seeds), else (method "one seed") a normal
+    interval from the two sides' within-run intervals (their half-widths / z as standard
+    errors), whose ``note`` says that it cannot separate the conditions from seed-to-seed
+    noise. ``ci_kind`` says what each interval resamples.
     """
     from scipy import stats
     from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
@@ -296,7 +306,8 @@ def compare_conditions(frame: pd.DataFrame, by: str, quantity: str, reference, l
             diff = float(x.mean() - y.mean())
             if len(x) >= 2 and len(y) >= 2:
                 lo, hi = CompareMeans(DescrStatsW(x), DescrStatsW(y)).tconfint_diff(alpha=1 - level, usevar="unequal")
-                method = "welch"
+                method, note = "welch", None
+                kind = f"seeds: Welch t interval over {len(x)} and {len(y)} seeds' estimates"
             else:
                 se = [_se_from_ci(g, quantity, z) for g in (cond, ref)]
                 if any(s is None for s in se):
@@ -304,13 +315,18 @@ def compare_conditions(frame: pd.DataFrame, by: str, quantity: str, reference, l
                 else:
                     half = z * float(np.sqrt(se[0] ** 2 + se[1] ** 2))
                     lo, hi = diff - half, diff + half
-                method = "bootstrap"
+                method, note, kind = "one seed", ONE_SEED_NOTE, ONE_SEED_KIND
             row = {"quantity": quantity, by: other, "reference": reference, "difference": diff,
                    "low": None if lo is None else float(lo), "high": None if hi is None else float(hi),
-                   "n": len(x), "n_reference": len(y), "method": method}
+                   "n": len(x), "n_reference": len(y), "method": method, "ci_kind": kind, "note": note}
             row.update(dict(zip(within, match if isinstance(match, tuple) else (match,))))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+ONE_SEED_KIND = "one seed: the runs' within-run intervals combined (not seed-to-seed spread)"
+ONE_SEED_NOTE = ("one seed on a side: the interval holds each run's own noise only, so it cannot separate the "
+                 "conditions from seed-to-seed noise (run two seeds or more of each)")
 
 
 def _se_from_ci(group: pd.DataFrame, quantity: str, z: float) -> float | None:
@@ -329,8 +345,8 @@ class CrossRun:
     scaling: list = field(default_factory=list)  # ScalingFit per group of runs varying N
     alpha: list = field(default_factory=list)  # AlphaOptimum per group of runs varying alpha
     differences: pd.DataFrame = field(default_factory=pd.DataFrame)  # conditions vs uniform
-    seeds: pd.DataFrame = field(default_factory=pd.DataFrame)  # across-seed intervals
-    final_accuracy: pd.DataFrame = field(default_factory=pd.DataFrame)  # per condition
+    seeds: pd.DataFrame = field(default_factory=pd.DataFrame)  # across-seed intervals, one row per quantity
+    conditions: pd.DataFrame = field(default_factory=pd.DataFrame)  # the headline: one row per condition
     notes: list = field(default_factory=list)
 
     def empty(self) -> bool:
@@ -342,10 +358,19 @@ class CrossRun:
 
         return {"scaling": [asdict(s) for s in self.scaling], "alpha": [asdict(a) for a in self.alpha],
                 "differences": records(self.differences), "seeds": records(self.seeds),
-                "final_accuracy": records(self.final_accuracy), "notes": self.notes}
+                "conditions": records(self.conditions), "notes": self.notes}
+
+    def has_seeds(self) -> bool:
+        """Whether some condition has two seeds or more (its intervals are then across seeds)."""
+        return has_seeds(self.conditions)
+
+    def format_conditions(self) -> str:
+        """The table of conditions for the terminal (``phasefit.conditions.format_conditions``)."""
+        return format_conditions(self.conditions)
 
     def format(self) -> str:
-        """Plain-text summary for the terminal."""
+        """Plain-text summary of the fits and differences for the terminal (the conditions'
+        intervals across seeds: ``format_conditions``)."""
         lines = []
         for s in self.scaling:
             at = "" if s.value_at_center is None else (f", {s.value_at_center:.0f} [{s.value_at_center_ci[0]:.0f}, "
@@ -366,16 +391,10 @@ class CrossRun:
             ci = "" if r["low"] is None or pd.isna(r["low"]) else f" [{_num(r['low'])}, {_num(r['high'])}]"
             lines.append(f"{r['quantity']}: {r['condition']} - {r['reference']} = {_num(r['difference'])}{ci} "
                          f"({r['method']}, N={r.get('N', '?')})")
-        for _, r in self.seeds.iterrows():
-            lines.append(f"across {r['n_seeds']} seeds ({r['runs']}): {r['quantity']} = {_num(r['mean'])} "
-                         f"[{_num(r['low'])}, {_num(r['high'])}]")
+        notes = {r["note"] for _, r in self.differences.iterrows() if isinstance(r.get("note"), str)}
+        lines.extend(f"differences marked 'one seed': {n}" for n in sorted(notes))
         lines.extend(self.notes)
         return "\n".join(lines)
-
-
-def _num(value) -> str:
-    """Steps as whole numbers, small quantities (accuracies, exponents) with 4 digits."""
-    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.4g}"
 
 
 def _show_group(group: dict) -> str:
@@ -420,17 +439,5 @@ def crossrun(phases, level: float = 0.95) -> CrossRun:
             diff = pd.concat(parts, ignore_index=True)
             diff["N"] = diff["match"].map(lambda m: json.loads(m).get("world.n_individuals"))
             out.differences = diff.drop(columns="match")
-    accuracy = []
-    for key, group in frame.groupby(frame["config"].map(_key), sort=False):
-        found = seed_interval(group["final_accuracy"].tolist(), level)
-        first = group.iloc[0]
-        row = {"runs": ",".join(map(str, group["run"])), "condition": first["condition"], "N": first["N"],
-               "n_runs": len(group)}
-        if found:
-            row.update(mean=found[0], low=found[1], high=found[2], method="seeds")
-        else:
-            row.update(mean=first["final_accuracy"], low=first["final_accuracy_lo"], high=first["final_accuracy_hi"],
-                       method="bootstrap")
-        accuracy.append(row)
-    out.final_accuracy = pd.DataFrame(accuracy)
+    out.conditions = condition_summary(frame, level)
     return out

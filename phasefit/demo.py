@@ -3,7 +3,10 @@
 A small sweep (configs/demo.toml: the tiny world at three population sizes, uniform and
 power-law sampling), then ``phasefit detect`` on its runs, then ``phasefit report``. It prints
 the phase table, the two findings of the study it reproduces, measured on these runs (the
-plateau grows with N; it is shorter under a power law), and the path of the report.
+plateau grows with N; it is shorter under a power law) with their intervals and what those
+resample, and the path of the report. It runs one seed per condition to stay a few minutes
+long, and says so: its intervals are one run's, blind to seed-to-seed spread (a study sweep
+runs three seeds, configs/sweeps/).
 
 Everything is computed here, on this machine: run it twice into the same folder and the
 second time skips the training (the sweep's complete runs) and recomputes the rest.
@@ -24,15 +27,21 @@ DEMO_SWEEP = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 def plateau_findings(runs_dir: Path) -> dict:
     """The demo's two claims, read from the phases.json that ``detect`` wrote in every run.
 
-    Returns {"plateau": {kind: {N: plateau length in steps or None}}, "grows_with_n":
+    Returns {"plateau": {kind: {N: plateau length in steps or None}}, "plateau_ci": {kind:
+    {N: [low, high] or None}}, "ci_kinds": [what the intervals resample], "grows_with_n":
     {kind: bool}, "shorter_under_power_law": {N: bool}}. A missing plateau counts as failing.
     """
     plateau: dict[str, dict[int, float | None]] = {}
+    interval: dict[str, dict[int, list | None]] = {}
+    kinds = set()
     for phases in sorted(Path(runs_dir).rglob("phases.json")):
         result = json.loads(phases.read_text())
         conditions = result.get("conditions") or {}
         if "sampling" in conditions and "N" in conditions:  # a run that could not be read has none
-            plateau.setdefault(conditions["sampling"], {})[conditions["N"]] = result.get("plateau_length")
+            kind, n = conditions["sampling"], conditions["N"]
+            plateau.setdefault(kind, {})[n] = result.get("plateau_length")
+            interval.setdefault(kind, {})[n] = result.get("plateau_ci")
+            kinds.update([result["ci_kind"]] if result.get("ci_kind") else [])
     grows = {}
     for kind, by_n in plateau.items():
         values = [by_n[n] for n in sorted(by_n)]
@@ -41,23 +50,33 @@ def plateau_findings(runs_dir: Path) -> dict:
     for n, uniform in plateau.get("uniform", {}).items():
         power = plateau.get("power_law", {}).get(n)
         shorter[n] = uniform is not None and power is not None and power < uniform
-    return {"plateau": plateau, "grows_with_n": grows, "shorter_under_power_law": shorter}
+    return {"plateau": plateau, "plateau_ci": interval, "ci_kinds": sorted(kinds), "grows_with_n": grows,
+            "shorter_under_power_law": shorter}
 
 
-def _steps(v) -> str:
-    return "none" if v is None else f"{v:.0f}"
+def _steps(v, ci=None) -> str:
+    return "none" if v is None else f"{v:.0f}" + (f" [{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "")
 
 
 def format_findings(f: dict) -> str:
     lines = []
+    ci = f["plateau_ci"]
     for kind, by_n in f["plateau"].items():
-        series = " < ".join(f"{_steps(by_n[n])} (N={n})" for n in sorted(by_n))
+        series = " < ".join(f"{_steps(by_n[n], ci[kind][n])} (N={n})" for n in sorted(by_n))
         verdict = "yes" if f["grows_with_n"][kind] else "NO"
         lines.append(f"plateau grows with N, {kind}: {verdict}: {series} steps")
     for n in sorted(f["shorter_under_power_law"]):
         u, p = f["plateau"]["uniform"][n], f["plateau"].get("power_law", {}).get(n)
+        p_ci = ci.get("power_law", {}).get(n)
         verdict = "yes" if f["shorter_under_power_law"][n] else "NO"
-        lines.append(f"shorter under the power law, N={n}: {verdict}: {_steps(p)} versus {_steps(u)} steps uniform")
+        lines.append(f"shorter under the power law, N={n}: {verdict}: {_steps(p, p_ci)} versus "
+                     f"{_steps(u, ci['uniform'][n])} steps uniform")
+    kinds = "; ".join(f["ci_kinds"]) or "none (no bootstrap)"
+    one_seed = f["ci_kinds"] and all(k.startswith("one seed") for k in f["ci_kinds"])
+    lines.append(f"95% intervals: {kinds}")
+    if one_seed:
+        lines.append("The demo runs one seed per condition (configs/demo.toml), so each finding is one training "
+                     "run's:\nits intervals cannot show seed-to-seed spread.")
     return "\n".join(lines)
 
 

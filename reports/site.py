@@ -26,10 +26,11 @@ from pathlib import Path
 
 import altair as alt
 
+from phasefit.conditions import HEADLINE
 from reports.charts import RUN_SECTIONS as PHASE_SECTIONS, as_run
 from reports.data import RunData, load_runs
 from reports.interventions import INTERVENTION_SECTIONS
-from reports.sweeps import SWEEP_SECTIONS, sweep_charts
+from reports.sweeps import SWEEP_SECTIONS, crossrun_of, sweep_charts
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
        "img-src data: blob:; font-src data:")
@@ -197,9 +198,44 @@ def _interval_kinds(phases: list[dict]) -> str:
     return f'<p class="meta">95% intervals: {html.escape("; ".join(kinds))}</p>' if kinds else ""
 
 
-def index_body(runs: list[RunData], title: str, sections: list[tuple[str, str]], links: dict[str, str]) -> str:
-    """The index: every run with conditions, state, phases with intervals, links; then the
-    sweep figures (``sections``: chart key, heading)."""
+CONDITION_HEADERS = ("t1 [95% CI]", "t2 [95% CI]", "t3 [95% CI]", "plateau [95% CI]",  # phasefit.conditions.HEADLINE's
+                     "final accuracy [95% CI]", "hallucination onset [95% CI]", "hallucination lag [95% CI]")
+
+
+def _condition_rows(rows: list[dict], lead: bool) -> str:
+    """Rows of a table of conditions (``phasefit.conditions.condition_summary``), ``lead``: with
+    the conditions and seeds columns."""
+    out = []
+    for c in rows:
+        cells = [_with_ci(c.get(q), [c.get(f"{q}_lo"), c.get(f"{q}_hi")], ".1%" if q == "final_accuracy" else ",.0f")
+                 for q in HEADLINE]
+        first = (f"<td>{html.escape(str(c['conditions']))}</td><td class=\"num\">{c['n_seeds']}</td>" if lead else
+                 f"<td>{html.escape(', '.join(c['runs']))}</td>")
+        out.append(f"<tr>{first}" + "".join(f'<td class="num">{html.escape(x)}</td>' for x in cells)
+                   + f'<td class="notes">{_notes(c.get("notes"))}</td></tr>')
+    return "".join(out)
+
+
+def _conditions_table(rows: list[dict], lead: bool = True) -> str:
+    """The table of conditions with two or more seeds, what its intervals resample under it."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in
+                   ((("conditions", "seeds") if lead else ("runs (seeds)",)) + CONDITION_HEADERS + ("notes",)))
+    return (f"<table class=\"conditions\"><thead><tr>{head}</tr></thead><tbody>{_condition_rows(rows, lead)}</tbody></table>"
+            + _interval_kinds(rows))
+
+
+def seeded_conditions(stats) -> list[dict]:
+    """The rows of ``stats.conditions`` (a ``CrossRun``) with two or more seeds, as dicts."""
+    table = stats.conditions
+    return table[table["n_seeds"] >= 2].to_dict("records") if len(table) else []
+
+
+def index_body(runs: list[RunData], title: str, sections: list[tuple[str, str]], links: dict[str, str],
+               conditions: list[dict] = ()) -> str:
+    """The index: the conditions with two or more seeds (``conditions``: their rows of the
+    condition summary, with intervals across seeds), then every run with conditions, state,
+    phases with intervals (one seed's), links; then the sweep figures (``sections``: chart
+    key, heading)."""
     from phasefit.runs import varying
 
     keys = varying([r.conditions for r in runs if r.conditions]) or ["N", "sampling"]
@@ -219,15 +255,20 @@ def index_body(runs: list[RunData], title: str, sections: list[tuple[str, str]],
     figures = "".join(f'<section id="{key}"><h2>{html.escape(heading)}</h2><div class="chart" id="chart-{key}"></div></section>'
                       for key, heading in sections)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    seeded = f"<h2>Conditions (across seeds)</h2>{_conditions_table(list(conditions))}" if conditions else ""
+    each = " (each interval from one seed)" if conditions else ""
     return (f"<header><h1>{html.escape(title)}</h1><p class=\"meta\">{len(runs)} runs ({html.escape(summary)}); "
             f"generated {when} from the committed rows of each store. Steps are training steps.</p></header>\n"
-            f"<main><h2>Runs</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            f"<main>{seeded}<h2>Runs{each}</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
             f"{_interval_kinds([r.phases for r in runs])}\n"
             + (f"<h2>Across runs</h2>{figures}" if figures else "") + "</main>")
 
 
-def run_body(run: RunData, sections: list[tuple[str, str]], index_href: str | None) -> str:
-    """A run's page: its conditions, state and phases with intervals, then its figures."""
+def run_body(run: RunData, sections: list[tuple[str, str]], index_href: str | None,
+             condition: dict | None = None) -> str:
+    """A run's page: its conditions, state and phases with intervals, its condition's across
+    seeds (``condition``: its row of the condition summary, when it has two or more seeds),
+    then its figures."""
     p = run.phases
     back = f'<p><a href="{html.escape(index_href)}">&larr; all runs</a></p>' if index_href else ""
     conditions = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
@@ -238,34 +279,41 @@ def run_body(run: RunData, sections: list[tuple[str, str]], index_href: str | No
     figures = "".join(f'<section id="{key}"><h2>{html.escape(heading)}</h2><div class="chart" id="chart-{key}"></div></section>'
                       for key, heading in sections)
     baseline = p.get("baseline")
+    seeded = (f"<h2>Its condition, across {condition['n_seeds']} seeds</h2>{_conditions_table([condition], False)}"
+              if condition else "")
     return (f"<header>{back}<h1>{html.escape(run.name)} {_state(run.status)}</h1>"
             f"<p class=\"meta\">evaluated to step {_steps(p.get('last_step'))} of {_steps(p.get('n_steps'))}; "
             f"baseline B = {'–' if baseline is None else f'{baseline:.3f}'} nats; {html.escape(method)}</p></header>\n"
             f"<main><h2>Phases</h2><table><thead><tr>{head}</tr></thead><tbody><tr>{_phase_cells(p)}</tr></tbody></table>"
             f"{_interval_kinds([p])}"
-            f'<p class="notes">{_notes(p.get("notes"))}</p>'
+            f'<p class="notes">{_notes(p.get("notes"))}</p>{seeded}'
             f"<h2>Conditions</h2><table>{conditions}</table>\n{figures or '<p>No committed evaluation yet.</p>'}</main>")
 
 
 # ----------------------------------------------------------------------------- pages
 
-def write_run_page(run: RunData, path, index_href: str | None = None, png_folder: Path | None = None) -> dict:
-    """Write one run's page; returns its specs (chart id -> Vega-Lite)."""
+def write_run_page(run: RunData, path, index_href: str | None = None, png_folder: Path | None = None,
+                   condition: dict | None = None) -> dict:
+    """Write one run's page (``condition``: its condition's row of the condition summary, shown
+    when it has two or more seeds); returns its specs (chart id -> Vega-Lite)."""
     charts = run_charts(run) if run.has_data else {}
     specs = chart_specs(charts)
     sections = [(key, heading) for key, heading, _, _ in RUN_SECTIONS if key in charts]
-    _write(Path(path), render_page(f"{run.name}: phasefit run", run_body(run, sections, index_href), specs))
+    _write(Path(path), render_page(f"{run.name}: phasefit run", run_body(run, sections, index_href, condition), specs))
     if png_folder is not None and specs:
         write_pngs(specs, png_folder)
     return specs
 
 
-def write_index(runs: list[RunData], path, links: dict[str, str], title: str, png_folder: Path | None = None) -> dict:
-    """Write the index page (with the sweep figures the runs support); returns its specs."""
-    charts = sweep_charts(runs)
+def write_index(runs: list[RunData], path, links: dict[str, str], title: str, png_folder: Path | None = None,
+                stats=None) -> dict:
+    """Write the index page (with the conditions across seeds and the sweep figures the runs
+    support; ``stats``: their ``phasefit.crossrun``, if already computed); returns its specs."""
+    stats = crossrun_of(runs, stats)
+    charts = sweep_charts(runs, stats)
     specs = chart_specs(charts)
     sections = [(key, heading) for key, heading, _ in SWEEP_SECTIONS if key in charts]
-    _write(Path(path), render_page(title, index_body(runs, title, sections, links), specs))
+    _write(Path(path), render_page(title, index_body(runs, title, sections, links, seeded_conditions(stats)), specs))
     if png_folder is not None and specs:
         write_pngs(specs, png_folder)
     return specs
@@ -316,12 +364,14 @@ def _build(runs_dir, out, png: bool, n_boot: int, method: str, progress: bool) -
     index = out / "index.html"
     pngs = out / "png"
     title = f"phasefit report: {runs_dir.resolve().name}"
-    write_index(runs, index, links, title, pngs / "index" if png else None)
+    stats = crossrun_of(runs)
+    write_index(runs, index, links, title, pngs / "index" if png else None, stats)
     written.append(index)
+    seeded = {name: c for c in seeded_conditions(stats) for name in c["runs"]}
     for run in runs:
         if run.name in links:
             page = out / links[run.name]
-            write_run_page(run, page, "../index.html", pngs / page.stem if png else None)
+            write_run_page(run, page, "../index.html", pngs / page.stem if png else None, seeded.get(run.name))
             written.append(page)
     if png:
         written.extend(sorted(pngs.rglob("*.png")))

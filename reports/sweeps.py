@@ -14,7 +14,10 @@ missing. ``sweep_charts`` returns those the runs support.
 - ``known_chart``: facts known over time, per condition.
 
 Fits are those of ``phasefit.crossrun`` (what ``phasefit detect`` prints), over complete
-runs; runs still running or failed are drawn faded and left out of the fits.
+runs; runs still running or failed are drawn faded and left out of the fits. Where a
+condition has two or more complete seeds, its error bar is its interval across seeds (at the
+mean of its seeds, from crossrun's condition summary), else each run's own (one seed); the
+chart's subtitle and each bar's tooltip say which.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def _table(runs: list[RunData]) -> pd.DataFrame:
         row = {"run": r.name, "status": r.status, "N": c.get("N"), "kind": kind,
                "alpha": (0.0 if kind == "uniform" else c.get("alpha")) if kind in ("uniform", "power_law") else None,
                "condition": condition_label(c), "seed": c.get("seed"), "warmup": c.get("warmup"),
-               "warmup_epochs": c.get("warmup_epochs"), "opacity": 1.0 if r.status == "complete" else 0.4}
+               "warmup_epochs": c.get("warmup_epochs"), "opacity": 1.0 if r.status == "complete" else 0.4,
+               "interval": p.get("ci_kind")}
         for key in ("t1", "t2", "t3", "plateau_length", "final_accuracy", "hallucination_onset"):
             row[key] = p.get(key)
         for key, ci in (("t2", "t2_ci"), ("plateau_length", "plateau_ci"), ("final_accuracy", "final_accuracy_ci")):
@@ -61,7 +65,7 @@ def _table(runs: list[RunData]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _crossrun(runs: list[RunData], stats=None):
+def crossrun_of(runs: list[RunData], stats=None):
     """``phasefit.crossrun`` of the runs (the fits ``phasefit detect`` prints), unless given."""
     from phasefit.crossrun import crossrun
 
@@ -82,9 +86,43 @@ def _nest(flat: dict) -> dict:
     return out
 
 
-def _error_bars(frame: pd.DataFrame, x: alt.X, key: str, color: alt.Color) -> alt.Chart:
-    return alt.Chart(frame.dropna(subset=[f"{key}_low"])).mark_rule().encode(
-        x=x, y=f"{key}_low:Q", y2=f"{key}_high:Q", color=color, opacity=alt.Opacity("opacity:Q", legend=None, scale=None))
+def _bars(table: pd.DataFrame, stats, key: str) -> pd.DataFrame:
+    """The 95% interval drawn for the points of ``table``: one bar at the mean of a condition
+    with two or more seeds (its interval across them), each other run's own; ``interval``
+    says which (a ci_kind)."""
+    from phasefit.conditions import condition_of
+
+    of = condition_of(stats.conditions) if len(stats.conditions) else {}
+    rows, drawn = [], set()
+    for _, r in table.iterrows():
+        c = of.get(r["run"])
+        if c is None or c["n_seeds"] < 2:
+            rows.append(r.to_dict())
+        elif tuple(c["runs"]) not in drawn:
+            drawn.add(tuple(c["runs"]))
+            rows.append({**r.to_dict(), "run": ", ".join(c["runs"]), key: c[key], f"{key}_low": c[f"{key}_lo"],
+                         f"{key}_high": c[f"{key}_hi"], "interval": c["ci_kind"]})
+    return pd.DataFrame(rows, columns=table.columns)
+
+
+def _error_bars(table: pd.DataFrame, stats, x: alt.X, key: str, color: alt.Color, fmt: str = ",.0f"):
+    """Error bars (``_bars``), with a tick at a condition's mean over its seeds."""
+    frame = compact(_bars(table, stats, key).dropna(subset=[f"{key}_low"]))
+    tooltip = ["run:N", "interval:N", alt.Tooltip(f"{key}:Q", format=fmt),
+               alt.Tooltip(f"{key}_low:Q", format=fmt, title="CI low"), alt.Tooltip(f"{key}_high:Q", format=fmt, title="CI high")]
+    bars = alt.Chart(frame).mark_rule().encode(x=x, y=f"{key}_low:Q", y2=f"{key}_high:Q", color=color, tooltip=tooltip,
+                                               opacity=alt.Opacity("opacity:Q", legend=None, scale=None))
+    seeded = frame[frame["interval"].fillna("").str.startswith("seeds")]
+    if seeded.empty:  # an empty layer would give Vega an infinite extent to warn about
+        return bars
+    return alt.layer(bars, alt.Chart(seeded).mark_tick(thickness=2, size=14).encode(
+        x=x, y=f"{key}:Q", color=color, tooltip=tooltip))
+
+
+def _kinds(table: pd.DataFrame, stats, key: str) -> list[str]:
+    """The subtitle that says what the error bars resample: a line per kind."""
+    kinds = sorted({k for k in _bars(table, stats, key).dropna(subset=[f"{key}_low"])["interval"] if isinstance(k, str)})
+    return [f"95% interval bars, {k}" for k in kinds]
 
 
 def scaling_chart(runs, stats=None) -> alt.LayerChart:
@@ -99,7 +137,8 @@ def scaling_chart(runs, stats=None) -> alt.LayerChart:
     if points.empty:
         raise PhasefitError("scaling_chart: needs runs of one condition with a plateau end at two or more N")
     points = points.assign(series=points["condition"])
-    fits = [f for f in _crossrun(runs, stats).scaling if f.quantity == "t2"]
+    stats = crossrun_of(runs, stats)
+    fits = [f for f in stats.scaling if f.quantity == "t2"]
     grid = np.geomspace(points["N"].min(), points["N"].max(), 40)
     lines, bands = [], []
     for fit in fits:
@@ -122,13 +161,12 @@ def scaling_chart(runs, stats=None) -> alt.LayerChart:
     layers.append(alt.Chart(curves).mark_line().encode(
         x=x, y=y, color=color,
         strokeDash=alt.condition(alt.datum.series == f"published: {a} N^{b}", alt.value([6, 4]), alt.value([1, 0]))))
-    points = compact(points)
-    layers.append(_error_bars(points, x, "t2", color))
-    layers.append(alt.Chart(points).mark_point(filled=True, size=50).encode(
+    layers.append(_error_bars(points, stats, x, "t2", color))
+    layers.append(alt.Chart(compact(points)).mark_point(filled=True, size=50).encode(
         x=x, y=y, color=color, opacity=alt.Opacity("opacity:Q", legend=None, scale=None),
-        tooltip=["run:N", "status:N", "condition:N", alt.Tooltip("N:Q", format=","), alt.Tooltip("t2:Q", format=",.0f"),
-                 alt.Tooltip("t2_low:Q", format=",.0f", title="CI low"), alt.Tooltip("t2_high:Q", format=",.0f", title="CI high")]))
-    return alt.layer(*layers).properties(width=WIDTH, height=HEIGHT, title="Plateau end against population size")
+        tooltip=["run:N", "status:N", "condition:N", alt.Tooltip("N:Q", format=","), alt.Tooltip("t2:Q", format=",.0f")]))
+    return alt.layer(*layers).properties(width=WIDTH, height=HEIGHT, title=alt.Title(
+        "Plateau end against population size", subtitle=_kinds(points, stats, "t2")))
 
 
 def _scaling_band(points: pd.DataFrame, fit, grid: np.ndarray) -> pd.DataFrame | None:
@@ -154,6 +192,7 @@ def alpha_chart(runs, stats=None) -> alt.HConcatChart:
     per N, with 95% intervals, the fitted quadratic in alpha and its minimum (with interval).
     ``stats``: the runs' ``phasefit.crossrun`` result, if already computed."""
     runs = as_runs(runs)
+    stats = crossrun_of(runs, stats)
     table = _table(runs)
     table = table[table["kind"].isin(["uniform", "power_law"])].dropna(subset=["alpha"]) if len(table) else table
     if len(table):  # only population sizes swept over alpha
@@ -170,13 +209,14 @@ def alpha_chart(runs, stats=None) -> alt.HConcatChart:
         data = table.dropna(subset=[key])
         y = alt.Y(f"{key}:Q", title=title, scale=log_scale() if scale == "log" else alt.Scale(zero=False))
         layers = [alt.Chart(data).mark_line(opacity=0.5).encode(x=x, y=y, color=color, detail="N_label:N"),
-                  _error_bars(data, x, key, color),
+                  _error_bars(data, stats, x, key, color, fmt),
                   alt.Chart(data).mark_point(filled=True, size=50).encode(
                       x=x, y=y, color=color, opacity=alt.Opacity("opacity:Q", legend=None, scale=None),
                       tooltip=tooltip + [alt.Tooltip(f"{key}:Q", format=fmt)])]
         if key == "plateau_length":
-            layers = _alpha_fit_layers(_crossrun(runs, stats), table, x) + layers
-        panels.append(alt.layer(*layers).properties(width=300, height=210, title=title))
+            layers = _alpha_fit_layers(stats, table, x) + layers
+        panels.append(alt.layer(*layers).properties(width=300, height=210,
+                                                    title=alt.Title(title, subtitle=_kinds(data, stats, key))))
     return alt.hconcat(*panels, title="Imbalanced sampling: plateau and final knowledge against alpha")
 
 
@@ -307,10 +347,11 @@ SWEEP_SECTIONS = (
 )
 
 
-def sweep_charts(runs) -> dict[str, alt.TopLevelMixin]:
-    """Every sweep figure the runs support, by key (none for a single run)."""
+def sweep_charts(runs, stats=None) -> dict[str, alt.TopLevelMixin]:
+    """Every sweep figure the runs support, by key (none for a single run); ``stats``: the
+    runs' ``phasefit.crossrun``, if already computed."""
     runs = as_runs(runs)
-    stats = _crossrun(runs)
+    stats = crossrun_of(runs, stats)
     out = {}
     for key, _, make in SWEEP_SECTIONS:
         try:

@@ -64,3 +64,24 @@ def test_the_demo_measures_a_plateau_that_grows_with_n_and_shrinks_under_a_power
                         re.S).group(1)
     assert '"demo/runs/demo' in example
     exec(compile(example.replace('"demo/runs/demo', f'"{out}/runs/demo'), "README.md", "exec"), {})
+
+
+def test_the_demos_findings_carry_their_intervals_and_say_they_are_one_seeds(tmp_path, capsys):
+    """What the demo prints after detect, on simulated stores of its two kinds at two N (no training)."""
+    from phasefit.commands import detect_runs
+    from phasefit.demo import format_findings, plateau_findings
+    from phasefit.simulate import simulate, to_store
+
+    for n, t2 in ((300, 2000), (600, 4000)):
+        for alpha, factor in ((0.0, 1.0), (0.7, 0.6)):
+            ds = simulate(n_individuals=n, n_heldout=20, t2=factor * t2, t3=2.5 * t2, alpha=alpha, seed=n)
+            to_store(ds, tmp_path / f"N{n}-a{alpha:g}")
+    assert detect_runs([str(tmp_path)], n_boot=20) == 0
+    findings = plateau_findings(tmp_path)
+    text = format_findings(findings)
+    assert "plateau grows with N, uniform: yes" in text and ": NO:" not in text
+    low, high = findings["plateau_ci"]["uniform"][600]
+    assert low <= findings["plateau"]["uniform"][600] <= high
+    assert f"{findings['plateau']['uniform'][600]:.0f} [{low:.0f}, {high:.0f}] (N=600)" in text
+    kinds, one_seed = text.split("\n95% intervals: ")[1].split("\n", 1)
+    assert kinds.startswith("one seed: ") and one_seed.startswith("The demo runs one seed per condition")

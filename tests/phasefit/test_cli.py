@@ -56,6 +56,25 @@ def test_detect_table_for_named_runs(runs_dir, capsys):
     assert main(["detect", str(runs_dir / "n300-s0"), str(runs_dir / "n600-s0"), "--n-boot", "20"]) == 0
     out = capsys.readouterr().out
     assert "t2 [95% CI]" in out and "N=300" in out and "N=600" in out and "halluc onset" in out
+    assert out.lstrip().startswith("run") and "across seeds" not in out  # one seed per condition: the runs' table only
+
+
+def test_detect_leads_with_the_conditions_across_seeds(runs_dir, capsys):
+    assert main(["detect", str(runs_dir), "--n-boot", "20"]) == 1  # the corrupt run
+    out = capsys.readouterr().out
+    assert out.startswith("conditions (95% intervals across seeds")
+    conditions, runs = out.split("runs (each interval from one seed):")
+    lines = conditions.splitlines()
+    assert lines[1].split()[:2] == ["conditions", "seeds"] and "halluc lag [95% CI]" in lines[1]
+    assert lines[2].split()[:2] == ["N=300", "2"] and lines[3].split()[:2] == ["N=600", "1"]
+    assert "seeds: t interval over 2 seeds' estimates" in conditions
+    assert "n300-s1" in runs and "95% CI: one seed:" in runs
+    table = pd.read_csv(runs_dir / "conditions.csv")
+    assert list(table["n_seeds"]) == [2, 1] and table["runs"][0] == "n300-s0; n300-s1"
+    assert table["ci_kind"][0] == "seeds: t interval over 2 seeds' estimates" and table["ci_kind"][1].startswith("one seed")
+    assert table["t2_lo"][0] < table["t2"][0] < table["t2_hi"][0]
+    rows = json.loads((runs_dir / "crossrun.json").read_text())["conditions"]
+    assert [r["ci_kind"] for r in rows] == list(table["ci_kind"])
 
 
 def test_detect_a_csv_curve_from_another_trainer(tmp_path, capsys):

@@ -71,8 +71,20 @@ def test_condition_differences_with_intervals():
     single = pd.DataFrame({"condition": ["uniform", "warm-up"], "plateau_length": [5000.0, 2000.0],
                            "plateau_length_lo": [4900.0, 1950.0], "plateau_length_hi": [5100.0, 2050.0]})
     one = compare_conditions(single, "condition", "plateau_length", "uniform").iloc[0]
-    assert one["method"] == "bootstrap"
+    assert one["method"] == "one seed" and one["ci_kind"].startswith("one seed")
+    assert "cannot separate the conditions from seed-to-seed noise" in one["note"]
     assert one["high"] - one["low"] == pytest.approx(2 * np.hypot(100, 50), rel=1e-6)
+    assert out["note"] is None and out["ci_kind"] == "seeds: Welch t interval over 3 and 3 seeds' estimates"
+
+
+def test_a_comparison_of_single_seed_conditions_says_it_cannot_separate_them_from_seed_noise():
+    runs = [phasefit.detect(simulate(n_individuals=300, n_heldout=10, t2=t2, seed=1, sampling_kind=kind), n_boot=40,
+                            per_fact=False) for kind, t2 in (("uniform", 4000), ("warmup", 2000))]
+    stats = crossrun(runs)
+    assert set(stats.differences["method"]) == {"one seed"} and stats.differences["note"].notna().all()
+    text = stats.format()
+    assert "(one seed, N=300)" in text and "cannot separate the conditions from seed-to-seed noise" in text
+    assert not stats.has_seeds()
 
 
 def test_crossrun_compares_sampling_conditions_and_ignores_incomplete_runs():
