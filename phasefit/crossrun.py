@@ -419,9 +419,10 @@ class CrossRun:
             where = "none" if a.alpha_min is None else f"{a.alpha_min:.2f}"
             ci = "" if a.alpha_ci is None else f" (CI [{a.alpha_ci[0]:.2f}, {a.alpha_ci[1]:.2f}])"
             grid = "" if a.alpha_grid_min is None else f"; shortest measured at alpha = {a.alpha_grid_min:g}"
-            lines.append(f"alpha minimising the {a.quantity}: {where}{ci}, parabola R^2 = {a.r2:.3f} over alphas "
-                         f"{a.window[0]:g}..{a.window[-1]:g} of {a.n_runs} runs{grid}"
-                         + (f" (interval over {a.ci_kind})" if a.alpha_ci else "")
+            fitted = (f", valley R^2 = {a.r2:.3f} over alphas {a.window[0]:g}..{a.window[-1]:g}" if a.window
+                      else "")
+            lines.append(f"alpha minimising the {a.quantity}: {where}{ci}{fitted} of {a.n_runs} runs{grid}"
+                         + (f" (interval: {a.ci_kind})" if a.alpha_ci else "")
                          + (f"  [{_show_group(a.group)}]" if a.group else "")
                          + "".join(f"; {n}" for n in a.notes))
         for _, r in self.differences.iterrows():
