@@ -49,6 +49,7 @@ class ScalingFit:
     value_at_center_ci: list | None = None
     notes: list = field(default_factory=list)  # runs left out of the fit, and why
     b_by_t2_tol: list = field(default_factory=list)  # {"t2_tol", "b", "b_ci", "n_runs"}: b with t2 read at that band
+    ci_kind: str = "runs: OLS t interval, each run's value one observation (seeds included), nothing resampled"
 
     def predict(self, n_individuals):
         return self.a * np.asarray(n_individuals, dtype=float) ** self.b

@@ -193,3 +193,4 @@ def test_the_scaling_fit_reports_its_level_at_the_centre_and_names_censored_runs
     assert low < truth < high and (high - low) / truth < 0.1  # known to a few percent where the N are
     assert fit.predict(fit.n_center) == pytest.approx(fit.value_at_center)
     assert fit.n_runs == 11 and "run11" in fit.notes[0] and "censored" in fit.notes[0]
+    assert fit.ci_kind.startswith("runs: OLS t interval")
