@@ -2,9 +2,10 @@
 
 - ``fit_scaling``: plateau end ~ a * N^b by OLS of log t2 on log N, with the interval on b
   and R^2 (the study reports 0.43 * N^0.81, R^2 = 0.998).
-- ``fit_alpha_optimum``: log plateau length ~ c0 + c1 alpha + c2 alpha^2 by OLS on the alphas
-  near the shortest measured plateau; the alpha of the minimum, -c1 / (2 c2), with a bootstrap
-  interval over seeds, beside the swept alpha of the shortest plateau and its neighbours.
+- ``fit_alpha_optimum``: log plateau length ~ c0 + k (alpha - alpha_min)^2, with its own k on
+  each side of alpha_min, by least squares on the 5 alphas around the shortest measured
+  plateau; alpha_min with a parametric bootstrap interval from the seeds' noise, beside the
+  swept alpha of the shortest plateau and its neighbours.
 - ``compare_conditions``: differences of a quantity between conditions (e.g. warm-up minus
   uniform) with intervals: Welch's t interval across seeds when both sides have two runs or
   more; otherwise (method "one seed") a normal interval from the runs' within-run intervals,
@@ -50,6 +51,8 @@ class ScalingFit:
     value_at_center: float | None = None  # a * n_center^b: the fit's level where it is best known
     value_at_center_ci: list | None = None
     notes: list = field(default_factory=list)  # runs left out of the fit, and why
+    b_by_t2_tol: list = field(default_factory=list)  # {"t2_tol", "b", "b_ci", "n_runs"}: b with t2 read at that band
+    ci_kind: str = "runs: OLS t interval, each run's value one observation (seeds included), nothing resampled"
 
     def predict(self, n_individuals):
         return self.a * np.asarray(n_individuals, dtype=float) ** self.b
@@ -57,39 +60,46 @@ class ScalingFit:
 
 @dataclass
 class AlphaOptimum:
-    """The alpha that minimises a quantity (the plateau length): a parabola in log(value)
-    fitted near the shortest measured plateau, with a bootstrap interval over seeds."""
+    """The alpha that minimises a quantity (the plateau length): a valley in log(value) with a
+    wall of its own steepness on each side, fitted near the shortest measured plateau, with a
+    bootstrap interval over the seeds' noise."""
 
     quantity: str
     alpha_min: float | None
     alpha_ci: list | None
     value_at_min: float | None
-    coef: list  # c0, c1, c2 of log(value) = c0 + c1 alpha + c2 alpha^2, over ``window``
-    cov: list
+    coef: list  # c0, k_below, k_above, m: log(value) = c0 + k (alpha - m)^2 over ``window`` (k_below below m)
     r2: float
     n_runs: int
     alphas: list
     group: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
-    window: list = field(default_factory=list)  # the alphas the parabola was fitted on
-    alpha_grid_min: float | None = None  # the swept alpha with the shortest mean (no parabola)
+    window: list = field(default_factory=list)  # the alphas the valley was fitted on
+    alpha_grid_min: float | None = None  # the swept alpha with the shortest mean (no model)
     alpha_bracket: list | None = None  # its neighbours on the grid: where the minimum lies
     ci_kind: str = ""  # what the interval resamples
 
     def predict(self, alpha):
-        alpha = np.asarray(alpha, dtype=float)
-        c0, c1, c2 = self.coef
-        return np.exp(c0 + c1 * alpha + c2 * alpha**2)
+        """The fitted valley (the quantity's units), meant for the alphas of ``window``."""
+        c0, k_below, k_above, floor = self.coef
+        d = np.asarray(alpha, dtype=float) - floor
+        return np.exp(c0 + np.where(d < 0, k_below, k_above) * d**2)
+
+
+T2_TOLS = (0.01, 0.02, 0.05)  # the t2 rule's band (share of B) around its default 0.02: how far b depends on it
 
 
 def fit_scaling(n_individuals, values, level: float = 0.95, quantity: str = "t2", group: dict | None = None,
-                runs=None) -> ScalingFit | None:
+                runs=None, curves=None) -> ScalingFit | None:
     """OLS of log(value) on log(N); None with fewer than 3 positive values or 2 distinct N.
 
-    log N is centred on its mean, so the fit's level is also reported where it is best known:
-    ``value_at_center`` at the geometric mean of the N (its interval is not entangled with
-    b's, as a's at N = 1 is). Runs whose value is missing (no plateau end: censored at the
-    run's length) are left out and named in ``notes`` (``runs``: their names).
+    Estimand: b, the slope of log(value) against log(N) across the condition's population
+    sizes. log N is centred on its mean, so the fit's level is also reported where it is best
+    known: ``value_at_center`` at the geometric mean of the N (its interval is not entangled
+    with b's, as a's at N = 1 is). Runs whose value is missing (no plateau end: censored at the
+    run's length) are left out and named in ``notes`` (``runs``: their names). ``curves`` (each
+    run's ``Phases.curve``) let a t2 or plateau-length fit be repeated with t2 read by the
+    threshold rules at each band of T2_TOLS (``b_by_t2_tol``); a note says when some are missing.
     """
     import statsmodels.api as sm
 
@@ -113,52 +123,90 @@ def fit_scaling(n_individuals, values, level: float = 0.95, quantity: str = "t2"
         fit.notes.append(f"{int(missing.sum())} runs without a {quantity} (no plateau end by the end of the run: "
                          f"censored) are left out" + (f": {', '.join(names)}" if names else "")
                          + "; the fit is biased toward shorter plateaus at the N they were at")
+    if curves is not None and quantity in ("t2", "plateau_length"):
+        curves = list(curves)
+        if all(c is not None for c in curves):
+            fit.b_by_t2_tol = _across_t2_tol(n, curves, quantity, level)
+        else:
+            fit.notes.append("b across the t2 rule's band needs every run's curve (Phases from phasefit.detect; "
+                             "a phases.json has none)")
     return fit
 
 
-ALPHA_WINDOW = 1  # grid steps each side of the shortest plateau: a parabola through 3 alphas (docs/phasefit.md)
+def _across_t2_tol(n: np.ndarray, curves: list, quantity: str, level: float) -> list:
+    """b refitted with t2 (and the plateau length) read by the threshold rules at each band of T2_TOLS."""
+    from phasefit.detectors import make_detector
+
+    out = []
+    for tol in T2_TOLS:
+        found = [make_detector("threshold", t2_tol=tol).fit(c).boundaries_ for c in curves]
+        fit = fit_scaling(n, [getattr(b, quantity) for b in found], level, quantity)
+        if fit is not None:
+            out.append({"t2_tol": tol, "b": fit.b, "b_ci": fit.b_ci, "n_runs": fit.n_runs})
+    return out
+
+
+ALPHA_WINDOW = 2  # grid steps each side of the shortest plateau: the valley fitted on 5 alphas (docs/phasefit.md)
+PROFILE_POINTS = 401  # candidate minima across the window: 0.002 apart on a sweep 0.2 apart
 
 
 def fit_alpha_optimum(alpha, values, level: float = 0.95, quantity: str = "plateau_length", n_boot: int = 2000,
                       seed: int = 0, group: dict | None = None, window: int = ALPHA_WINDOW) -> AlphaOptimum | None:
     """The alpha minimising ``values`` (one per run; several runs per alpha are seeds).
 
-    A parabola in log(value) is fitted (OLS) on the alphas within ``window`` grid steps of the
-    one with the shortest geometric-mean value, not on the whole sweep: a valley is rarely a
-    parabola far from its floor, and a global fit is pulled toward its shallower side. The
-    interval is a percentile bootstrap that resamples each alpha's runs (seeds) and re-chooses
-    the window, or, with one run per alpha, resamples the fit's residuals. ``alpha_grid_min``
-    and ``alpha_bracket`` need no parabola: the swept alpha with the shortest mean and its
-    neighbours. None with fewer than 4 runs or 3 distinct alphas.
+    Estimand: the alpha at which the condition's (geometric-mean) value is smallest. A valley
+    with a wall of its own steepness on each side, log(value) = c0 + k (alpha - alpha_min)^2
+    (k_below below alpha_min, k_above above), is fitted by least squares on the 2 ``window`` + 1
+    swept alphas centred on the one with the shortest geometric-mean value: near the floor, so
+    the walls far from it do not bend the fit, and with two curvatures, so that an asymmetric
+    valley does not pull the minimum toward its shallower wall (as one parabola does). The
+    interval is a parametric percentile bootstrap: each alpha's mean log(value) is redrawn
+    around its measured value with the variance of the fit's residuals (the runs of the window:
+    seed-to-seed noise and any misfit of the valley's shape; the variance's own uncertainty
+    drawn from its chi-square law), the window chosen again and the valley refitted in every
+    replicate. ``alpha_grid_min`` and ``alpha_bracket``
+    need no model: the swept alpha with the shortest geometric mean and its neighbours. None
+    with fewer than 4 runs or 3 distinct alphas; no ``alpha_min`` with fewer than 2 ``window``
+    + 1 alphas.
     """
-    import statsmodels.api as sm
-
     a = np.asarray(alpha, dtype=float)
     y = np.asarray([np.nan if v is None else v for v in values], dtype=float)
     ok = np.isfinite(a) & np.isfinite(y) & (y > 0)
     a, log_y = a[ok], np.log(y[ok])
-    grid = np.unique(a)
+    grid, where, counts = np.unique(a, return_inverse=True, return_counts=True)
     if len(a) < 4 or len(grid) < 3:
         return None
-    lowest, chosen = _grid_minimum(a, log_y, grid, window)
-    model = sm.OLS(log_y[chosen], _quadratic(a[chosen])).fit()
-    coef = model.params
-    i = int(np.searchsorted(grid, lowest))
-    result = AlphaOptimum(quantity, None, None, None, coef.tolist(), np.asarray(model.cov_params()).tolist(),
-                          float(model.rsquared), int(len(a)), grid.tolist(), group or {},
-                          window=np.unique(a[chosen]).tolist(), alpha_grid_min=float(lowest),
+    means = np.bincount(where, log_y) / counts
+    i = int(np.argmin(means))
+    result = AlphaOptimum(quantity, None, None, None, [], float("nan"), len(a), grid.tolist(), group or {},
+                          alpha_grid_min=float(grid[i]),
                           alpha_bracket=[float(grid[max(i - 1, 0)]), float(grid[min(i + 1, len(grid) - 1)])])
+    width = 2 * window + 1
+    if len(grid) < width:
+        result.notes.append(f"only {len(grid)} alphas swept: the valley needs {width}, so its minimum is only "
+                            "bracketed")
+        return result
+    start = _window_start(i, len(grid), window)
+    inside = slice(start, start + width)
+    found, coef = _valley_fit(grid[inside], means[None, inside], counts[inside])
+    result.window, result.coef = grid[inside].tolist(), coef[0].tolist()
+    chosen = (where >= start) & (where < start + width)
+    residual = log_y[chosen] - np.log(result.predict(a[chosen]))
+    result.r2 = float(1 - residual @ residual / np.sum((log_y[chosen] - log_y[chosen].mean()) ** 2))
     if i in (0, len(grid) - 1):
-        result.notes.append(f"no minimum inside the alphas swept: the shortest {quantity} is at alpha = {lowest:g}, "
+        result.notes.append(f"no minimum inside the alphas swept: the shortest {quantity} is at alpha = {grid[i]:g}, "
                             "an end of the sweep")
         return result
-    found = _vertex(coef, a[chosen])
-    if found is None:
-        result.notes.append("no interior minimum: the parabola near the shortest plateau is not convex")
+    if not np.isfinite(found[0]):
+        result.notes.append("no interior minimum: the valley fitted near the shortest plateau has its floor at an "
+                            "end of its window")
         return result
-    result.alpha_min = found
-    result.value_at_min = float(result.predict(found))
-    minima, result.ci_kind = _alpha_replicates(a, log_y, grid, window, model, chosen, n_boot, seed)
+    result.alpha_min, result.value_at_min = float(found[0]), float(np.exp(coef[0, 0]))
+    spread, df, result.ci_kind = _residual_spread(residual, bool(np.all(counts == 1)))
+    if df < 1:
+        result.notes.append("no interval: the valley's fit has no residual to measure the noise by (more seeds)")
+        return result
+    minima = _alpha_replicates(grid, means, counts, window, spread, df, n_boot, seed)
     defined = np.isfinite(minima)
     if defined.mean() >= 0.5:
         lo, hi = np.quantile(minima[defined], [(1 - level) / 2, (1 + level) / 2])
@@ -166,52 +214,64 @@ def fit_alpha_optimum(alpha, values, level: float = 0.95, quantity: str = "plate
     if defined.mean() < 1 - (1 - level) / 2:
         result.notes.append(f"{1 - defined.mean():.0%} of bootstrap replicates have no interior minimum: "
                             "the interval is unreliable")
-    if not result.alpha_bracket[0] <= found <= result.alpha_bracket[1]:
-        result.notes.append(f"the parabola's minimum ({found:.2f}) lies outside the grid's bracket "
+    if not result.alpha_bracket[0] <= result.alpha_min <= result.alpha_bracket[1]:
+        result.notes.append(f"the valley's minimum ({result.alpha_min:.2f}) lies outside the grid's bracket "
                             f"[{result.alpha_bracket[0]:g}, {result.alpha_bracket[1]:g}]")
     return result
 
 
-def _quadratic(a: np.ndarray) -> np.ndarray:
-    return np.column_stack([np.ones(len(a)), a, a**2])
+def _window_start(i: int, n_grid: int, window: int) -> int:
+    """First grid index of the 2 window + 1 alphas centred on index i (at an end of the sweep: its first or last)."""
+    return max(min(i - window, n_grid - 2 * window - 1), 0)
 
 
-def _grid_minimum(a: np.ndarray, log_y: np.ndarray, grid: np.ndarray, window: int) -> tuple[float, np.ndarray]:
-    """The swept alpha with the lowest mean log(value), and the runs within ``window`` grid steps of it."""
-    means = np.array([log_y[a == g].mean() for g in grid])
-    i = int(np.argmin(means))
-    start = max(min(i - window, len(grid) - 2 * window - 1), 0)  # at an end of the sweep: its 2w + 1 alphas
-    return float(grid[i]), np.isin(a, grid[start: start + 2 * window + 1])
+def _valley_fit(x: np.ndarray, means: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares valleys c0 + k (x - m)^2, k = k_below below m and k_above above, through
+    each row of ``means`` (rows x alphas ``x``, the mean log value of ``counts`` runs each).
+
+    Linear in (c0, k_below, k_above) for a given floor m, so m is profiled over the window on
+    PROFILE_POINTS candidates (both walls rising: k >= 0). Returns the minima (NaN where the
+    best floor is at an end of the window or no candidate has both walls rising) and the
+    coefficients (c0, k_below, k_above, m) of each row.
+    """
+    floors = np.linspace(x[0], x[-1], PROFILE_POINTS)
+    d = x[None, :] - floors[:, None]  # (floor, alpha)
+    design = np.stack([np.ones_like(d), np.minimum(d, 0) ** 2, np.maximum(d, 0) ** 2], axis=-1)
+    root = np.sqrt(counts)[None, :, None]  # weighted least squares: an alpha's mean counts once per run
+    solve = np.linalg.pinv(design * root) * root.transpose(0, 2, 1)  # (floor, 3, alpha)
+    coef = np.einsum("fka,ra->rfk", solve, means)
+    misfit = np.einsum("a,rfa->rf", counts, (means[:, None, :] - np.einsum("fak,rfk->rfa", design, coef)) ** 2)
+    misfit[(coef[..., 1] < 0) | (coef[..., 2] < 0)] = np.inf
+    best = np.argmin(misfit, axis=1)
+    rows = np.arange(len(means))
+    interior = np.isfinite(misfit[rows, best]) & (best > 0) & (best < PROFILE_POINTS - 1)
+    return (np.where(interior, floors[best], np.nan),
+            np.column_stack([coef[rows, best], floors[best]]))
 
 
-def _vertex(coef: np.ndarray, fitted: np.ndarray) -> float | None:
-    """The parabola's minimum, if it is convex and its minimum lies within the alphas fitted."""
-    if not coef[2] > 0:
-        return None
-    x = float(-coef[1] / (2 * coef[2]))
-    return x if fitted.min() <= x <= fitted.max() else None
+def _residual_spread(residual: np.ndarray, one_per_alpha: bool) -> tuple[float, int, str]:
+    """The noise sd of one run's log value from the valley fit's residuals (seed-to-seed noise
+    and any misfit of the valley's shape), its degrees of freedom, and what the interval resamples."""
+    df = len(residual) - 4  # c0, k_below, k_above and the floor
+    spread = float(np.sqrt(residual @ residual / df)) if df >= 1 else float("nan")
+    unit = "one run per alpha" if one_per_alpha else "seeds"
+    return spread, df, (f"{unit}: each alpha's mean log value redrawn from the valley fit's residual variance "
+                        f"({df} df), the window chosen and the valley fitted again")
 
 
-def _alpha_replicates(a, log_y, grid, window, model, chosen, n_boot: int, seed: int) -> tuple[np.ndarray, str]:
-    """Bootstrap minima (NaN where a replicate has none) and what was resampled."""
+def _alpha_replicates(grid, means, counts, window: int, spread: float, df: int, n_boot: int, seed: int) -> np.ndarray:
+    """Bootstrap minima (NaN where a replicate has none inside the sweep)."""
     rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(a == g) for g in grid]
-    seeds = all(len(g) >= 2 for g in groups)
-    fitted = model.fittedvalues
-    residuals = log_y[chosen] - fitted
+    sd = spread * np.sqrt(df / rng.chisquare(df, size=(n_boot, 1)))  # the variance's own uncertainty
+    drawn = means + sd * rng.standard_normal((n_boot, len(grid))) / np.sqrt(counts)
+    lowest = np.argmin(drawn, axis=1)
     out = np.full(n_boot, np.nan)
-    for b in range(n_boot):
-        if seeds:  # each alpha's runs resampled, the window chosen again
-            pick = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
-            ra, ry = a[pick], log_y[pick]
-            _, near = _grid_minimum(ra, ry, grid, window)
-            ra, ry = ra[near], ry[near]
-        else:  # one run per alpha: the fit's residuals resampled
-            ra, ry = a[chosen], fitted + rng.choice(residuals, size=len(residuals))
-        coef = np.linalg.lstsq(_quadratic(ra), ry, rcond=None)[0]
-        found = _vertex(coef, ra)
-        out[b] = np.nan if found is None else found
-    return out, "seeds (each alpha's runs resampled)" if seeds else "residuals of the fit (one run per alpha)"
+    for i in np.unique(lowest):
+        if 0 < i < len(grid) - 1:  # a replicate whose shortest plateau is at an end has no minimum inside
+            rows, start = lowest == i, _window_start(int(i), len(grid), window)
+            inside = slice(start, start + 2 * window + 1)
+            out[rows] = _valley_fit(grid[inside], drawn[rows][:, inside], counts[inside])[0]
+    return out
 
 
 def _frame(phases) -> pd.DataFrame:
@@ -230,7 +290,8 @@ def _frame(phases) -> pd.DataFrame:
         row = {"run": d.get("run"), "status": d.get("status"), "config": flat, "kind": kind,
                "condition": label, "conditions": named, "match": _key(flat, sampling), "group": _key(flat),
                "N": flat.get("world.n_individuals"), "alpha": flat.get("sampling.alpha"), "seed": flat.get("seed"),
-               "ci_kind": d.get("ci_kind")}
+               "ci_kind": d.get("ci_kind"),
+               "curve": getattr(p, "curve", None)}  # Python Phases only: t2 can be read again at other bands
         for q in QUANTITIES:
             row[q] = d.get(q)
             ci = d.get(CI_FIELD.get(q, f"{q}_ci"))
@@ -377,14 +438,17 @@ class CrossRun:
                                                        f"{s.value_at_center_ci[1]:.0f}] at N = {s.n_center:.0f}")
             lines.append(f"{s.quantity} ~ {s.a:.3g} * N^{s.b:.3f}  (b 95% CI [{s.b_ci[0]:.3f}, {s.b_ci[1]:.3f}]{at}, "
                          f"R^2 = {s.r2:.3f}, {s.n_runs} runs, N = {', '.join(map(str, s.n_values))})"
-                         + (f"  [{_show_group(s.group)}]" if s.group else "") + "".join(f"; {n}" for n in s.notes))
+                         + (f"  [{_show_group(s.group)}]" if s.group else "") + "".join(f"; {n}" for n in s.notes)
+                         + ("; b at t2_tol " + ", ".join(f"{t['t2_tol']:g}: {t['b']:.3f}" for t in s.b_by_t2_tol)
+                            if s.b_by_t2_tol else ""))
         for a in self.alpha:
             where = "none" if a.alpha_min is None else f"{a.alpha_min:.2f}"
             ci = "" if a.alpha_ci is None else f" (CI [{a.alpha_ci[0]:.2f}, {a.alpha_ci[1]:.2f}])"
             grid = "" if a.alpha_grid_min is None else f"; shortest measured at alpha = {a.alpha_grid_min:g}"
-            lines.append(f"alpha minimising the {a.quantity}: {where}{ci}, parabola R^2 = {a.r2:.3f} over alphas "
-                         f"{a.window[0]:g}..{a.window[-1]:g} of {a.n_runs} runs{grid}"
-                         + (f" (interval over {a.ci_kind})" if a.alpha_ci else "")
+            fitted = (f", valley R^2 = {a.r2:.3f} over alphas {a.window[0]:g}..{a.window[-1]:g}" if a.window
+                      else "")
+            lines.append(f"alpha minimising the {a.quantity}: {where}{ci}{fitted} of {a.n_runs} runs{grid}"
+                         + (f" (interval: {a.ci_kind})" if a.alpha_ci else "")
                          + (f"  [{_show_group(a.group)}]" if a.group else "")
                          + "".join(f"; {n}" for n in a.notes))
         for _, r in self.differences.iterrows():
@@ -420,7 +484,8 @@ def crossrun(phases, level: float = 0.95) -> CrossRun:
         for key, group in frame.groupby(frame["config"].map(lambda c: _key(c, along)), sort=False):
             fixed = {k: json.loads(key).get(k) for k in vary if k not in along and k in json.loads(key)}
             for quantity in ("t2", "plateau_length"):
-                fit = fit_scaling(group["N"], group[quantity], level, quantity, fixed, runs=group["run"])
+                fit = fit_scaling(group["N"], group[quantity], level, quantity, fixed, runs=group["run"],
+                                  curves=group["curve"])
                 if fit:
                     out.scaling.append(fit)
     if "sampling.alpha" in vary:

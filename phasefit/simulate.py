@@ -40,7 +40,9 @@ factor) pairs that multiply the whole evaluation nearest that step (a loss spike
 six facts share (facts of one individual learned together); ``seed_spread``, the relative
 spread of a run's true t2 and t3 around the values given (the condition's), drawn from the
 seed, so that seeds of one condition differ by a known amount (``truth(ds)["condition"]``
-keeps the condition's values, the other entries are the run's own).
+keeps the condition's values, the other entries are the run's own); ``alpha_valley``, a
+plateau whose length depends on the sampling exponent alpha through a stated valley (shortest
+at its alpha0), so that a wrong best alpha can be seen.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def simulate(
     spikes: tuple = (),
     individual_effect: float = 0.0,
     seed_spread: float = 0.0,
+    alpha_valley: tuple = (),
 ) -> xr.Dataset:
     """Simulate one run's evaluation records; return a Dataset in the store's schema.
 
@@ -115,12 +118,19 @@ def simulate(
     the hallucination onset at t2. ``eval_subset`` > 0 evaluates only that many individuals
     per split at most steps (rank-stratified for the train split, as the trainer does), and
     everyone at ``n_full`` evenly spread steps, including the last. ``alpha`` sets the
-    sampling law p(i) ~ (rank + 1) ** -alpha that drives the exposures.
+    sampling law p(i) ~ (rank + 1) ** -alpha that drives the exposures; ``alpha_valley`` =
+    (alpha0, k_below, k_above[, power]) makes it drive the timing too: the plateau t2 - t1 is
+    the one given at alpha0, lengthened by exp(k |alpha - alpha0|^power) away from it (power 2
+    by default; k_below below alpha0, k_above above), t3 moving with t2.
     """
     rng = np.random.default_rng(seed)
     t1 = 0.02 * n_steps if t1 is None else float(t1)
     t2 = 0.25 * n_steps if t2 is None else float(t2)
     t3 = 0.65 * n_steps if t3 is None else float(t3)
+    if alpha_valley:  # the condition's plateau: shortest at alpha0, longer on either side
+        alpha0, k_below, k_above, power = (*alpha_valley, 2.0)[:4]
+        longer = t1 + (t2 - t1) * np.exp((k_below if alpha < alpha0 else k_above) * abs(alpha - alpha0) ** power)
+        t2, t3 = longer, t3 * longer / t2
     onset = t2 if hallucination_onset is None else float(hallucination_onset)
     condition = {"t1": t1, "t2": t2, "t3": t3, "plateau_length": t2 - t1, "hallucination_onset": onset}
     if seed_spread:  # this seed's run: its plateau ends earlier or later than the condition's
@@ -221,7 +231,8 @@ def simulate(
                   fact_width=fact_width, noise=noise, fact_noise=fact_noise, flicker=flicker,
                   alpha=alpha, rank_effect=rank_effect, hallucination=hallucination,
                   eval_subset=eval_subset, n_full=n_full, seed=seed, noise_ar=noise_ar, drift=drift,
-                  spikes=[list(x) for x in spikes], individual_effect=individual_effect, seed_spread=seed_spread)
+                  spikes=[list(x) for x in spikes], individual_effect=individual_effect, seed_spread=seed_spread,
+                  alpha_valley=list(alpha_valley))
     kind = sampling_kind or ("power_law" if alpha > 0 else "uniform")
     config = {"seed": seed, "name": f"sim-N{n_individuals}-a{alpha:g}-s{seed}",
               "world": {"n_individuals": n_individuals, "n_heldout": n_heldout, "n_finetune": 0},

@@ -7,7 +7,7 @@ missing. ``sweep_charts`` returns those the runs support.
 - ``scaling_chart``: plateau end t2 against N (log-log) with the fitted power law a * N^b and
   its 95% band, and the study's published fit 0.43 * N^0.81.
 - ``alpha_chart``: plateau length and final accuracy against the power-law exponent alpha,
-  one line per N, with the fitted quadratic and the alpha of the shortest plateau.
+  one line per N, with the valley fitted near its floor and the alpha of the shortest plateau.
 - ``warmup_chart``: final accuracy (or plateau length) over the warm-up grid (individuals x
   epochs), with uniform training at the same N as reference.
 - ``finetune_chart``: accuracy of old (trained before) and new individuals while fine-tuning.
@@ -189,7 +189,7 @@ def _scaling_band(points: pd.DataFrame, fit, grid: np.ndarray) -> pd.DataFrame |
 
 def alpha_chart(runs, stats=None) -> alt.HConcatChart:
     """Plateau length (log) and final accuracy against alpha (p(i) ~ (rank+1)^-alpha), one line
-    per N, with 95% intervals, the fitted quadratic in alpha and its minimum (with interval).
+    per N, with 95% intervals, the valley fitted in alpha near its floor and its minimum (with interval).
     ``stats``: the runs' ``phasefit.crossrun`` result, if already computed."""
     runs = as_runs(runs)
     stats = crossrun_of(runs, stats)
@@ -226,9 +226,9 @@ def _alpha_fit_layers(stats, table: pd.DataFrame, x: alt.X) -> list[alt.Chart]:
     for fit in stats.alpha:
         n = fit.group.get("world.n_individuals", only_n)
         label = f"N={n:,}" if n is not None else "N=?"
-        span = fit.window or fit.alphas  # the parabola holds near the alphas it was fitted on
-        grid = np.linspace(min(span), max(span), 50)
-        curves.append(pd.DataFrame({"alpha": grid, "plateau_length": fit.predict(grid), "N_label": label, "N": n}))
+        if fit.window:  # the valley is drawn over the alphas it was fitted on (none: too few alphas swept)
+            grid = np.linspace(min(fit.window), max(fit.window), 50)
+            curves.append(pd.DataFrame({"alpha": grid, "plateau_length": fit.predict(grid), "N_label": label, "N": n}))
         if fit.alpha_min is not None:
             low, high = fit.alpha_ci or (None, None)
             minima.append({"alpha": fit.alpha_min, "low": low, "high": high, "N_label": label, "N": n,

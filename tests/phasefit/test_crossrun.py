@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 import phasefit
-from phasefit.crossrun import compare_conditions, crossrun, fit_alpha_optimum, fit_scaling
+from phasefit.crossrun import CrossRun, compare_conditions, crossrun, fit_alpha_optimum, fit_scaling
 from phasefit.simulate import set_config, simulate
 
 
@@ -32,6 +33,18 @@ def test_scaling_fit_recovers_a_known_exponent_from_simulated_runs():
     assert fit.r2 > 0.99
     assert fit.a * 16**-0.81 == pytest.approx(0.43, rel=0.3)
     assert len(stats.seeds) and set(stats.seeds["n_seeds"]) == {2}
+    # t2 read again at each band of the t2 rule. Every t2 here came from the threshold rules, so
+    # the default band reproduces the fit; at 5% every t2 moves by about the same factor (the
+    # knowledge drop is straight in log-step) and b hardly moves. (At 1% the band is inside the
+    # noise of these 62-individual curves, and b moved to 0.90: what the entry is there to show.)
+    assert [t["t2_tol"] for t in fit.b_by_t2_tol] == [0.01, 0.02, 0.05]
+    default, wide = fit.b_by_t2_tol[1], fit.b_by_t2_tol[2]
+    assert default["b"] == pytest.approx(fit.b) and default["b_ci"] == pytest.approx(fit.b_ci)
+    assert wide["b"] == pytest.approx(0.81, abs=0.03) and wide["n_runs"] == 10
+    assert "t2_tol 0.01" in stats.format()
+    from_json = next(s for s in crossrun([r.to_dict() for r in runs]).scaling if s.quantity == "t2")
+    assert from_json.b == pytest.approx(fit.b) and not from_json.b_by_t2_tol
+    assert "needs every run's curve" in from_json.notes[-1]
 
 
 def test_scaling_fit_interval_covers_at_its_nominal_rate():
@@ -44,6 +57,23 @@ def test_scaling_fit_interval_covers_at_its_nominal_rate():
         covered += fit.b_ci[0] <= 0.81 <= fit.b_ci[1]
     assert 0.9 <= covered / 200 <= 0.99
     assert fit_scaling([1000, 1000, 1000], [5, 6, 7]) is None  # one N: no slope
+
+
+def test_b_interval_covers_the_true_exponent_on_simulated_runs():
+    """Reduced Monte Carlo of benchmarks/bench_coverage.py's scaling family (seeds below 100):
+    4 sizes x 3 seeds with a 10% seed-to-seed spread of t2 and 1% shared step noise."""
+    covered = []
+    for r in range(6):
+        n_all, t2s = [], []
+        for n, k in itertools.product((250, 500, 1000, 2000), range(3)):
+            t2 = 4000 * (n / 1000) ** 0.81
+            ds = simulate(n_individuals=60, n_heldout=5, n_steps=int(4 * t2) + 800, t1=200, t2=t2, t3=2.6 * t2,
+                          noise=0.01, noise_ar=0.5, n_evals=40, seed=12 * r + 3 * (n // 500) + k, seed_spread=0.1)
+            n_all.append(n)
+            t2s.append(phasefit.detect(ds, n_boot=0, per_fact=False).t2)
+        fit = fit_scaling(n_all, t2s)
+        covered.append(fit.b_ci[0] <= 0.81 <= fit.b_ci[1])
+    assert sum(covered) >= 5
 
 
 def test_alpha_optimum_with_interval():
@@ -103,18 +133,65 @@ def test_crossrun_compares_sampling_conditions_and_ignores_incomplete_runs():
 
 
 def test_the_best_alpha_of_an_asymmetric_valley_is_read_near_its_floor():
-    """A valley with a steep wall below its minimum and a shallow one above pulls a parabola
-    fitted to the whole sweep toward the shallow side; one fitted near the shortest plateau is
-    not. The grid's own bracket holds the truth whatever the shape."""
+    """A valley with a steep wall above its minimum and a shallow one below pulls a parabola
+    fitted to the whole sweep toward the shallow side; the valley fitted near the shortest
+    plateau, a curvature each side, is not. The grid's own bracket holds the truth whatever the shape."""
     alphas = np.repeat(np.linspace(0, 1.4, 8), 3)  # 3 seeds per alpha
     d = alphas - 0.65
     rng = np.random.default_rng(5)
     plateau = 1500 * (1 + 1.5 * (np.exp(2.5 * d) - 1 - 2.5 * d)) * np.exp(0.03 * rng.standard_normal(len(d)))
     found = fit_alpha_optimum(alphas, plateau)
     assert abs(found.alpha_min - 0.65) < 0.03 and found.alpha_bracket[0] <= 0.65 <= found.alpha_bracket[1]
-    assert found.window == pytest.approx([0.4, 0.6, 0.8]) and found.ci_kind.startswith("seeds")
+    assert found.alpha_ci[0] < 0.65 < found.alpha_ci[1]
+    assert found.window == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and found.ci_kind.startswith("seeds")
     whole = np.polyfit(alphas, np.log(plateau), 2)
     assert -whole[1] / (2 * whole[0]) < 0.59  # what a parabola over the whole sweep reads
+
+
+def test_a_noise_free_valley_is_recovered_with_both_walls():
+    alphas = np.repeat(np.linspace(0, 1.4, 8), 2)
+    d = alphas - 0.7
+    plateau = 1500 * np.exp(np.where(d < 0, 12.0, 3.2) * d**2)
+    found = fit_alpha_optimum(alphas, plateau)
+    assert found.coef == pytest.approx([np.log(1500), 12.0, 3.2, 0.7], abs=2e-3)
+    assert found.alpha_min == pytest.approx(0.7, abs=2e-3) and found.value_at_min == pytest.approx(1500, rel=1e-3)
+    assert found.predict(found.window) == pytest.approx(plateau[::2][2:7], rel=1e-2) and found.r2 > 0.999
+    assert found.alpha_grid_min == pytest.approx(0.8) and found.alpha_bracket == pytest.approx([0.6, 1.0])
+
+
+def test_the_best_alpha_says_what_it_cannot_estimate():
+    few = fit_alpha_optimum(np.tile([0.2, 0.4, 0.6, 0.8], 2), [3, 2.2, 2, 2.5] * 2)  # 4 alphas: bracket only
+    assert few.alpha_min is None and few.alpha_grid_min == pytest.approx(0.6) and "only 4 alphas" in few.notes[0]
+    assert "shortest measured at alpha = 0.6; only 4 alphas" in CrossRun(alpha=[few]).format()
+    alphas = np.linspace(0, 1.0, 6)
+    one = fit_alpha_optimum(alphas, 1500 * np.exp(6 * (alphas - 0.5) ** 2 + 0.05 * np.sin(9 * alphas)))
+    assert one.ci_kind.startswith("one run per alpha") and "1 df" in one.ci_kind
+    assert one.alpha_ci[0] <= one.alpha_min <= one.alpha_ci[1]
+
+
+def valley_coverage(log_valley, truth: float, replicates: int = 30, seed: int = 7) -> tuple[float, float]:
+    """Share of replicates whose interval covers the true minimum, and the median estimate:
+    8 alphas x 2 seeds, each run's log plateau off by 0.14 (the seed-to-seed spread of the
+    simulated runs of benchmarks/bench_coverage.py's alpha family)."""
+    rng = np.random.default_rng(seed)
+    alphas = np.repeat(np.linspace(0, 1.4, 8), 2)
+    hits, estimates = [], []
+    for _ in range(replicates):
+        found = fit_alpha_optimum(alphas, np.exp(log_valley(alphas - truth) + 0.14 * rng.standard_normal(16)), n_boot=500)
+        hits.append(found.alpha_ci is not None and found.alpha_ci[0] <= truth <= found.alpha_ci[1])
+        estimates.append(np.nan if found.alpha_min is None else found.alpha_min)
+    return float(np.mean(hits)), float(np.nanmedian(estimates))
+
+
+def test_the_best_alpha_interval_covers_the_true_minimum_of_asymmetric_valleys():
+    # The issue's valley, and one that is no parabola at all: a sharp floor, which the valley's
+    # smooth walls read about 0.05 low, so only its interval is held to the truth. (The parabola
+    # on three alphas with a seed bootstrap, which this replaced, read 0.77 for 0.70 here and
+    # covered it in 0.53 of these replicates; the sharp floor in 0.03.)
+    coverage, median = valley_coverage(lambda d: np.where(d < 0, 12.0, 3.2) * d**2, 0.7)
+    assert coverage >= 0.8 and median == pytest.approx(0.7, abs=0.04)
+    coverage, _ = valley_coverage(lambda d: np.where(d < 0, 2.5, 8.0) * np.abs(d) ** 1.5, 0.65, seed=8)
+    assert coverage >= 0.8
 
 
 def test_the_scaling_fit_reports_its_level_at_the_centre_and_names_censored_runs():
@@ -128,3 +205,4 @@ def test_the_scaling_fit_reports_its_level_at_the_centre_and_names_censored_runs
     assert low < truth < high and (high - low) / truth < 0.1  # known to a few percent where the N are
     assert fit.predict(fit.n_center) == pytest.approx(fit.value_at_center)
     assert fit.n_runs == 11 and "run11" in fit.notes[0] and "censored" in fit.notes[0]
+    assert fit.ci_kind.startswith("runs: OLS t interval")

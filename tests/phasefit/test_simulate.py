@@ -56,3 +56,24 @@ def test_an_individuals_facts_can_be_learned_together():
         return np.corrcoef(acq[:, 0], acq[:, 1])[0, 1]
 
     assert abs(within(0.0)) < 0.12 and within(0.6) > 0.4
+
+
+def test_an_alpha_valley_makes_the_plateau_shortest_at_its_floor():
+    import phasefit
+
+    def run(alpha, **valley):
+        ds = simulate(n_individuals=200, n_heldout=5, n_evals=60, t1=320, t2=1820, t3=5460, alpha=alpha, seed=6,
+                      noise=0.0, **valley)
+        return truth(ds), phasefit.detect(ds, n_boot=0, per_fact=False).plateau_length
+
+    valley = {"alpha_valley": (0.7, 12.0, 3.2)}
+    found = {a: run(a, **valley) for a in (0.4, 0.7, 1.0)}
+    assert found[0.7][0]["plateau_length"] == pytest.approx(1500)
+    assert found[0.4][0]["condition"]["plateau_length"] == pytest.approx(1500 * np.exp(12 * 0.3**2))
+    assert found[1.0][0]["plateau_length"] == pytest.approx(1500 * np.exp(3.2 * 0.3**2))
+    assert found[1.0][0]["t3"] / found[1.0][0]["t2"] == pytest.approx(3)  # the knowledge phase moves with t2
+    for sim, measured in found.values():
+        assert measured == pytest.approx(sim["plateau_length"], rel=0.1)  # the detectors see it
+    kinked = run(1.0, alpha_valley=(0.7, 12.0, 3.2, 1.5))[0]["plateau_length"]
+    assert kinked == pytest.approx(1500 * np.exp(3.2 * 0.3**1.5))
+    assert run(0.4)[0]["t2"] == 1820  # off by default: alpha changes the exposures only
