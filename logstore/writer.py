@@ -171,7 +171,7 @@ class RunWriter:
         arrays["rank"][:] = rank
         arrays["attribute"][:] = np.array(ATTRIBUTES)
         arrays["baseline"][:] = baseline
-        group.attrs.update({ATTR_CHECKSUMS: store.checksums()})
+        _update_attrs(group, {ATTR_CHECKSUMS: store.checksums()})
         store.sync()
         tmp.rename(root)
         if fsync:
@@ -373,8 +373,8 @@ class RunWriter:
             writes += [(self._arrays[name], rows, np.concatenate([it.values[name] for it in trains])) for name in ("train_loss", "lr")]
         _gather([array.async_array.setitem(selection, values) for array, selection, values in writes])
         self._store.sync()  # the rows are durable: now (and only now) commit them
-        self._group.attrs.update({"committed_steps": committed, "committed_train_steps": committed_train,
-                                  ATTR_CHECKSUMS: self._store.checksums()})
+        _update_attrs(self._group, {"committed_steps": committed, "committed_train_steps": committed_train,
+                                   ATTR_CHECKSUMS: self._store.checksums()})
         self._store.sync()
         self._committed, self._committed_train = committed, committed_train
         if evals:
@@ -444,6 +444,13 @@ def _gather(coroutines: list) -> None:
             raise result
 
 
+def _update_attrs(group: zarr.Group, changes: dict) -> None:
+    """Change some of a group's attributes in one write of its zarr.json. zarr's
+    ``attrs.update`` writes the whole document once per key: a reader opening in between (or a
+    writer killed there) saw a commit's row counts with the previous commit's checksums."""
+    group.attrs.put({**group.attrs.asdict(), **changes})
+
+
 def _joined(reason: str, error: str) -> str:
     """A failed run's reason and the store's own error, once: the reason often quotes the error
     (the trainer saw the store fail first)."""
@@ -500,7 +507,7 @@ def reopen_store(root: Path, attrs: dict, after_step: int | None, fsync: bool) -
         resize_rows(group[name], committed)
     for name in TRAIN_VARIABLES:
         resize_rows(group[name], committed_train)
-    group.attrs.update({ATTR_CHECKSUMS: store.checksums()})  # without the chunks deleted
+    _update_attrs(group, {ATTR_CHECKSUMS: store.checksums()})  # without the chunks deleted
     store.sync()
     return committed, committed_train, store.checksums()
 

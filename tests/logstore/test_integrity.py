@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from logstore import RunWriter, StoreError, list_runs, open_run, population_curves
+from logstore.durable import DurableStore
 from tests.helpers import ROOT, run_cli
 
 N, DENSE, STEPS = 600, 256, 24  # the first 256 individuals evaluated at every step, all at every eighth
@@ -162,6 +164,42 @@ def test_reading_while_a_run_writes_never_raises_a_false_alarm(tmp_path):
     assert proc.returncode == 0, proc.stderr.read()
     assert reads >= 3 and open_run(run).sizes["step"] == 40
 
+
+def test_a_commit_is_one_write_that_a_reader_or_a_kill_never_sees_half_done(tmp_path, monkeypatch):
+    # The run is read each time its writer replaces the group's zarr.json (what a reader opening
+    # then, or a writer killed then, finds): every such state must read without error. The writer
+    # is held at its commit of row 5 until rows 6..8 are queued, so they make one commit: it
+    # rewrites block 1's chunks and moves the live block on, where a commit count written before
+    # its checksums made a correct store read as damaged.
+    run = write_run(tmp_path / "run", rows=5)
+    put, holding, queued = DurableStore._put, threading.Event(), threading.Event()
+    problems, reads = [], []
+
+    def put_then_read(self, key, value):
+        put(self, key, value)
+        if key == "zarr.json":
+            try:
+                read_all(run)
+                reads.append(open_run(run).sizes["step"])
+            except StoreError as err:
+                problems.append(str(err))
+            if appending.is_set():
+                holding.set()
+                queued.wait(10)
+
+    appending = threading.Event()
+    monkeypatch.setattr(DurableStore, "_put", put_then_read)
+    writer = RunWriter.resume(run / "metrics.zarr", fsync=False)
+    appending.set()
+    writer.append_eval(50, **evaluation(50))
+    assert holding.wait(10)
+    for k in range(6, 9):
+        writer.append_eval(10 * k, **evaluation(10 * k))
+    queued.set()
+    writer.close()
+    assert problems == []
+    assert 6 in reads and reads[-1] == 9  # read at each commit, the two-block one included
+    read_all(run)
 
 def test_a_resume_over_a_damaged_store_changes_nothing_in_it(tmp_path):
     run = write_run(tmp_path / "run")
