@@ -83,6 +83,8 @@ class ChangepointDetector(Detector):
         else:
             knots_x, levels, diagnostics = self._regrid_knots(curve, min_size)
         found = label_knots(np.expm1(knots_x), levels, curve.baseline, self.t1_tol, self.t2_tol, self.t3_tol)
+        if self.cost == "line":
+            found = read_unresolved_plateau(found, knots_x, levels, curve.baseline, self.t1_tol, self.t2_tol)
         found.diagnostics = {"noise": row_noise(curve), **diagnostics,
                              "knots": [round(float(k), 1) for k in np.expm1(knots_x)]}
         return found
@@ -266,3 +268,37 @@ def continuous_knots(x, y, w, bkps) -> tuple[np.ndarray, np.ndarray]:
     knots_x = np.r_[x[0], inner, x[-1]]
     levels = coef[0] + coef[1] * knots_x + np.maximum(knots_x[:, None] - inner[None, :], 0.0) @ coef[2:]
     return knots_x, levels
+
+
+def read_unresolved_plateau(found: Boundaries, knots_x: np.ndarray, levels: np.ndarray, baseline: float,
+                            t1_tol: float, t2_tol: float) -> Boundaries:
+    """t1 and t2 where the broken line crosses the bands, where no knot lies between them.
+
+    A real run's plateau is often a bend of a few evaluations, shorter than the search
+    resolves: one piece then runs from the fall through the plateau into the drop, and the
+    knots alone would put t1 and t2 on one knot (or t1 past the drop). There t2 is read where
+    the broken line leaves B (1 - t2_tol) (and t1, if its piece came down from above the t1
+    band to below the t2 band, where the line reaches B (1 + t1_tol)): the crossings the
+    threshold rules read on the evaluations."""
+    if found.t1 is None:
+        return found
+    steps = np.expm1(knots_x)
+    i1 = int(np.searchsorted(steps, found.t1))
+    low, high = baseline * (1 - t2_tol), baseline * (1 + t1_tol)
+    t1, t2 = found.t1, found.t2
+    if i1 > 0 and levels[i1] < low and levels[i1 - 1] > high:  # one piece over the whole band
+        t1 = crossing(knots_x, levels, i1 - 1, high)
+        t2 = crossing(knots_x, levels, i1 - 1, low)
+    elif t2 is not None and t2 == found.t1 and i1 + 1 < len(levels) and levels[i1 + 1] < low:
+        t2 = crossing(knots_x, levels, i1, low)
+    if (t1, t2) == (found.t1, found.t2):
+        return found
+    if found.t2 is None:  # t1 was the last knot: nothing after it was named
+        found.notes = [n for n in found.notes if not n.startswith("no plateau end")]
+    return Boundaries(t1, t2, found.t3, found.notes, found.diagnostics)
+
+
+def crossing(knots_x: np.ndarray, levels: np.ndarray, j: int, level: float) -> float:
+    """Step at which the broken line's piece from knot j to knot j + 1 passes ``level``."""
+    share = (levels[j] - level) / (levels[j] - levels[j + 1])
+    return float(np.expm1(knots_x[j] + share * (knots_x[j + 1] - knots_x[j])))

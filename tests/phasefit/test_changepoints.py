@@ -63,3 +63,30 @@ def test_the_exact_search_finds_the_segmentation_of_ruptures_pelt():
     expected = rpt.Pelt(custom_cost=Line(), min_size=2, jump=1).fit(np.column_stack([x, y])).predict(pen=pen)
     assert optimal_partition(x, y, w, pen) == expected
     assert len(expected) - 1 == 2
+
+
+def test_a_plateau_shorter_than_the_search_resolves_is_read_at_the_band_crossings():
+    from phasefit.detectors.changepoint import read_unresolved_plateau
+    from phasefit.rules import label_knots
+
+    B = 4.0
+    # A fall to 1.05 B, then one piece through the plateau band down to 0.5 B (a real run's bend).
+    x = np.log1p([0.0, 100.0, 1000.0, 2000.0])
+    levels = np.array([3 * B, 1.05 * B, 0.5 * B, 0.45 * B])
+    knots = label_knots(np.expm1(x), levels, B, 0.1, 0.03, 0.1)
+    assert knots.t1 == knots.t2 == pytest.approx(100.0)  # the knots alone leave no plateau
+    found = read_unresolved_plateau(knots, x, levels, B, 0.1, 0.03)
+    share = (1.05 - 0.97) / (1.05 - 0.5)  # where the piece passes B (1 - 0.03)
+    assert found.t1 == knots.t1
+    assert found.t2 == pytest.approx(np.expm1(x[1] + share * (x[2] - x[1])))
+    # One piece from above the t1 band to below the t2 band: both are its crossings.
+    levels = np.array([3 * B, 1.5 * B, 0.5 * B, 0.45 * B])
+    found = read_unresolved_plateau(label_knots(np.expm1(x), levels, B, 0.1, 0.03, 0.1), x, levels, B, 0.1, 0.03)
+    assert found.t1 == pytest.approx(np.expm1(x[1] + 0.4 * (x[2] - x[1])))
+    assert found.t2 == pytest.approx(np.expm1(x[1] + 0.53 * (x[2] - x[1])))
+    # A resolved plateau (a knot at each end inside the band) keeps its knots.
+    x = np.log1p([0.0, 100.0, 500.0, 1000.0, 2000.0])
+    levels = np.array([3 * B, 1.02 * B, 0.99 * B, 0.5 * B, 0.45 * B])
+    knots = label_knots(np.expm1(x), levels, B, 0.1, 0.03, 0.1)
+    assert (knots.t1, knots.t2) == pytest.approx((100.0, 500.0))
+    assert read_unresolved_plateau(knots, x, levels, B, 0.1, 0.03) is knots
