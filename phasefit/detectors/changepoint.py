@@ -16,7 +16,8 @@ correlated from one evaluation to the next; an independent-noise penalty took ev
 it for a change). Adjacent lines are intersected to place each knot between the evaluations
 at the change, the continuous broken line through the knots gives the level at each, and the
 knots are named t1, t2, t3 with ``label_knots`` (the bands only name regimes; the regime
-changes locate them).
+changes locate them), except where no knot lies in the plateau band: there t1 and t2 are
+the broken line's band crossings (``read_unresolved_plateau``).
 
 The older search on a 256-point regrid of the slope with ruptures (``cost="l2"`` or
 ``"clinear"``, any ``search``) is kept for comparison (``benchmarks/bench_detect.py
