@@ -237,7 +237,7 @@ def bench_select(report: Report, seeds: int = 3) -> None:
             for seed in range(seeds):
                 ds = simulate(n_individuals=1000, n_heldout=10, noise=noise, seed=seed, t1=t1, t2=t2, t3=t3)
                 curves.append((noise, split_curve(ds, population_curves(ds)), truth(ds)))
-    candidates = [("threshold", ThresholdDetector())]
+    candidates = [("threshold", ThresholdDetector()), ("changepoint line (default)", ChangepointDetector())]
     for search in ("pelt", "binseg", "bottomup", "window", "dynp"):
         for cost in ("l2", "clinear"):
             if (search, cost) != ("dynp", "clinear"):  # exact search with ruptures' Python cost: minutes

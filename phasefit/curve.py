@@ -213,14 +213,46 @@ def estimate_noise(curve: Curve) -> float:
     sigma^2 (1 + w_left^2 + w_right^2). The median absolute value makes the estimate blind to
     the few points at phase boundaries where the curve bends.
     """
-    x, y = curve.log_step, curve.loss
-    if len(y) < 5:
+    if len(curve.loss) < 5:
         return float("nan")
+    return float(1.4826 * np.median(np.abs(pseudo_residuals(curve))))
+
+
+def pseudo_residuals(curve: Curve) -> np.ndarray:
+    """Each interior point minus the straight line (log-step axis) through its neighbours,
+    scaled to the noise's own variance: for independent noise of sd sigma they have sd sigma."""
+    x, y = curve.log_step, curve.loss
     x0, x1, x2 = x[:-2], x[1:-1], x[2:]
     w = (x1 - x0) / np.maximum(x2 - x0, 1e-12)  # weight of the right neighbour
     residual = y[1:-1] - ((1 - w) * y[:-2] + w * y[2:])
-    scaled = residual / np.sqrt(1 + (1 - w) ** 2 + w**2)
-    return float(1.4826 * np.median(np.abs(scaled)))
+    return residual / np.sqrt(1 + (1 - w) ** 2 + w**2)
+
+
+def local_noise(curve: Curve, half: int) -> np.ndarray:
+    """Noise sd (nats) at every point: 1.4826 x the running median of |pseudo-residuals| over
+    2 half + 1 points. The training noise scales with the loss (a 1% step noise is 0.17 nats
+    at the start of a run, 0.008 at its end), so one sd for the whole curve would be too small
+    early and too large late."""
+    from scipy.ndimage import median_filter
+
+    a = np.abs(pseudo_residuals(curve))
+    s = 1.4826 * median_filter(np.r_[a[0], a, a[-1]], size=2 * half + 1, mode="nearest")
+    return np.maximum(s, 1e-3 * np.median(s) + 1e-12 * max(curve.baseline, 1.0))
+
+
+MAX_CORRELATION = 0.9  # a residual lag-one correlation is capped: (1 + rho) / (1 - rho) at most 19
+
+
+def long_run_variance(r: np.ndarray, dof: int, same: np.ndarray | None = None) -> tuple[float, float]:
+    """Residuals' variance (sum of squares / ``dof``) times (1 + rho) / (1 - rho), rho their
+    lag-one correlation (over the neighbours ``same`` marks, default all; capped at
+    ``MAX_CORRELATION``): the variance of a mean of AR(1) noise, which is what a penalty for
+    fitting that noise must be scaled by. Returns it and rho."""
+    products = r[1:] * r[:-1]
+    if same is not None:
+        products = products[same]
+    rho = float(np.clip(np.sum(products) / max(np.sum(r * r), 1e-300), 0.0, MAX_CORRELATION))
+    return float(np.sum(r * r) / max(dof, 1)) * (1 + rho) / (1 - rho), rho
 
 
 def smooth_for_band(curve: Curve, band: float, window: int | str = "auto", max_window: int = 15) -> tuple[Curve, int]:

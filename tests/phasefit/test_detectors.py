@@ -95,10 +95,10 @@ def test_auto_reports_disagreement_and_takes_the_median():
     assert any(n.startswith("t2: detectors disagree") for n in auto.notes_)
 
 
-def test_changepoint_penalty_is_derived_from_the_estimated_noise():
+def test_the_regrid_changepoint_penalty_is_derived_from_the_estimated_noise():
     ds_quiet = simulate(n_individuals=2000, n_heldout=10, noise=0.001, seed=5)
     ds_noisy = simulate(n_individuals=2000, n_heldout=10, noise=0.02, seed=5)
-    quiet, noisy = (ChangepointDetector().fit(_curve(d)) for d in (ds_quiet, ds_noisy))
+    quiet, noisy = (ChangepointDetector(cost="l2").fit(_curve(d)) for d in (ds_quiet, ds_noisy))
     assert estimate_noise(_curve(ds_noisy)) > 3 * estimate_noise(_curve(ds_quiet))
     for fitted in (quiet, noisy):  # BIC: 2 sigma^2 log(n), sigma measured on the segmented signal
         d = fitted.diagnostics_
