@@ -211,7 +211,8 @@ def _piece_lines(sums: list[np.ndarray], start, stop) -> tuple[np.ndarray, np.nd
     det = n * sxx - sx * sx
     sloped = det > 1e-12 * np.maximum(n * sxx, 1e-300)  # a piece of one distinct x is flat
     slope = np.where(sloped, (n * sxy - sx * sy) / np.where(sloped, det, 1.0), 0.0)
-    intercept = (sy - slope * sx) / n
+    with np.errstate(invalid="ignore", divide="ignore"):  # a piece of zero weight (no finite point): NaN
+        intercept = (sy - slope * sx) / n
     return slope, intercept, np.maximum(syy - intercept * sy - slope * sxy, 0.0)
 
 
