@@ -146,6 +146,13 @@ PIECE = 16  # evaluations per local cubic: short enough to follow a rounded drop
 # most of a correlated noise (on the simulator, pieces of 8 took half of the variance of t2 at 3% noise)
 
 
+def phase_index(curve: Curve, boundaries) -> tuple[np.ndarray, bool]:
+    """The phase of each evaluation (0 before the first boundary found, and so on), and whether
+    any boundary was found."""
+    cuts = np.log1p(sorted(t for t in boundaries if t is not None and np.isfinite(t)))
+    return np.searchsorted(cuts, curve.log_step), len(cuts) > 0
+
+
 def phase_residuals(curve: Curve, boundaries, values: np.ndarray | None = None) -> np.ndarray:
     """Relative residuals of the loss about cubics in log-step fitted within each phase (cut
     at ``boundaries``, the steps of t1, t2, t3 found), over pieces of at most PIECE
@@ -157,11 +164,10 @@ def phase_residuals(curve: Curve, boundaries, values: np.ndarray | None = None) 
     """
     x = curve.log_step
     y = curve.loss[None] if values is None else np.atleast_2d(values)
-    cuts = np.log1p(sorted(t for t in boundaries if t is not None and np.isfinite(t)))
-    phase = np.searchsorted(cuts, x)
+    phase, cut = phase_index(curve, boundaries)
     out = np.full(y.shape, np.nan)
     for k in np.unique(phase):
-        if k == 0 and len(cuts):  # the fall to t1: several nats of shape, not noise
+        if k == 0 and cut:  # the fall to t1: several nats of shape, not noise
             continue
         members = np.flatnonzero(phase == k)
         for inside in np.array_split(members, -(-len(members) // PIECE)):
@@ -190,15 +196,18 @@ def training_noise(curve: Curve, boundaries, replicates: np.ndarray, rng: np.ran
     phase gets factors of 1.
     """
     n_boot, n = replicates.shape
-    residual = phase_residuals(curve, boundaries)
+    if n_boot == 0:
+        return np.ones((0, n))
+    # Row 0 the curve's residuals; the replicates' are the curve's plus their own sampling
+    # deviation, and within each phase the share of the curve's residual variance that
+    # deviation explains is taken out.
+    rows = phase_residuals(curve, boundaries,
+                           np.vstack([curve.loss, np.where(np.isfinite(replicates), replicates, curve.loss[None])]))
+    residual, sampling = rows[0], rows[1:] - rows[0]
     usable = np.isfinite(residual)
-    if n_boot == 0 or usable.sum() < 4:
+    if usable.sum() < 4:
         return np.ones((n_boot, n))
-    # The replicates' residuals are the curve's plus their own sampling deviation; within each
-    # phase, the share of the curve's residual variance that deviation explains is taken out.
-    sampling = phase_residuals(curve, boundaries, np.where(np.isfinite(replicates), replicates, curve.loss[None]))
-    sampling = sampling - residual[None]
-    phase = np.searchsorted(np.log1p(sorted(t for t in boundaries if t is not None and np.isfinite(t))), curve.log_step)
+    phase, _ = phase_index(curve, boundaries)
     shrunk = np.zeros(n)
     for k in np.unique(phase[usable]):
         inside = usable & (phase == k)

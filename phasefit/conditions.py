@@ -103,7 +103,7 @@ def _cell(value, low, high) -> str:
 
 def format_conditions(table: pd.DataFrame) -> str:
     """The terminal table of ``condition_summary``: a row per condition, what its intervals resample below."""
-    quantities = [q for q in (*HEADLINE, *INTERVENTION) if q in table and table[q].notna().any()]
+    quantities = measured(table)
     rows = [{"conditions": r["conditions"], "seeds": r["n_seeds"],
              **{f"{COLUMNS[q]} [95% CI]": _cell(r[q], r[f"{q}_lo"], r[f"{q}_hi"]) for q in quantities}}
             for _, r in table.iterrows()]

@@ -329,7 +329,7 @@ def _follows(frame: pd.DataFrame, driver: str, vary: dict) -> tuple[str, ...]:
 def seed_summary(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Mean and t interval across seeds for every group of runs that differ only by seed."""
     rows = []
-    for key, group in frame.groupby(frame["config"].map(_key), sort=False):
+    for _, group in frame.groupby("group", sort=False):
         if len(group) < 2:
             continue
         for q in measured(frame):

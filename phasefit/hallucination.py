@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from phasefit.curve import Curve, largest_window, smooth_for_band
-from phasefit.rules import departure
+from phasefit.rules import departure, final_level
 
 
 @dataclass
@@ -63,13 +63,11 @@ def onsets(curve: Curve, L: np.ndarray, tol: float, tail: float = 0.05) -> np.nd
     The floor level of a row is max(B, its lowest loss), its final level the median of the last
     ``tail`` of the run; the onset is where the row's rise leaves its floor's line (the rule of
     t2 on -L, ``departure``)."""
-    n = L.shape[1]
     floor = np.maximum(curve.baseline, np.nanmin(L, axis=1))
     band = tol * curve.baseline
     reached = L <= (floor + band)[:, None]
     first = reached.argmax(axis=1)
-    last_tail = min(int(np.searchsorted(curve.step, curve.step[-1] - tail * curve.run_length)), n - 3)
-    end = np.median(L[:, last_tail:], axis=1)
+    _, end = final_level(curve, L, tail)
     found = departure(curve.log_step, -L, first, -floor, -end, band, first=first)
     return np.where(found["left"], np.expm1(found["onset"]), np.nan)
 

@@ -62,6 +62,14 @@ def crossing(x: np.ndarray, values: np.ndarray, i: np.ndarray, level) -> np.ndar
     f = np.clip(np.nan_to_num(f, nan=1.0), 0.0, 1.0)
     return x[i] + f * (x[i + 1] - x[i])
 
+
+def final_level(curve: Curve, L: np.ndarray, tail: float) -> tuple[int, np.ndarray]:
+    """The first evaluation of the last ``tail`` of the run (at least 3 evaluations) and each
+    row's final level there, the median of ``L`` (rows of losses at ``curve.step``) from it on."""
+    first = min(int(np.searchsorted(curve.step, curve.step[-1] - tail * curve.run_length)), L.shape[1] - 3)
+    return first, np.median(L[:, first:], axis=1)
+
+
 MIN_TREND = 3  # plateau evaluations needed to fit its line; fewer: the expected level (B), flat
 WIDE = 0.1  # the first plateau window: within this share of the level (a drift of up to 10%)
 TREND_MAX = 0.2  # a plateau's trend, at most this share of the drop's slope (else: a flat plateau)
@@ -165,20 +173,18 @@ def threshold_rules(curve: Curve, L: np.ndarray, t1_tol: float, t2_tol: float, t
     Returns ``t`` (rows, 3) with NaN for missing boundaries, the final level ``end``, the
     saturation level ``ceiling`` and ``t3_in_tail`` (t3 within the tail window).
     """
-    B, n = L.shape
+    n = L.shape[1]
     x, base, step = curve.log_step, curve.baseline, curve.step
 
     def cross(i, level):
         return np.expm1(crossing(x, L, i, level))
 
-    index = np.arange(n)[None]
     near = L <= base * (1 + t1_tol)
     has_t1 = near.any(axis=1)
     i1 = near.argmax(axis=1)
     t1 = np.where(i1 == 0, step[0], cross(i1 - 1, base * (1 + t1_tol)))
 
-    first_tail = min(int(np.searchsorted(step, step[-1] - tail * curve.run_length)), n - 3)
-    end = np.median(L[:, first_tail:], axis=1)
+    first_tail, end = final_level(curve, L, tail)
 
     plateau = departure(x, L, i1, base, end, t2_tol * base)
     ended = plateau["left"]
