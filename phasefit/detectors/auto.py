@@ -1,12 +1,14 @@
-"""``auto``: the three detector families together, with their disagreements reported.
+"""``auto``: the threshold rules (the estimands' definitions), checked by the other detectors.
 
 Every boundary is estimated by the threshold rules, the changepoint search and the segmented
-fit. When the estimates agree within ``agree_tol`` of the run length, the first detector of
-the list (the threshold rules: the literal definitions, and the cheapest to bootstrap)
-supplies the value; otherwise the median of the estimates does (one detector led astray
-cannot move it), and a note names every detector's value. A boundary that most detectors find
-missing is reported missing. ``sources_`` says which detector supplied each boundary, so its
-confidence interval comes from bootstrapping that detector.
+fit. The first detector of the list (the threshold rules, which state the estimands) supplies
+each boundary it finds, so that a boundary means the same thing on every run and its
+bootstrap replicates are read by the rule that read it; where another detector's estimate
+lies more than ``agree_tol`` of the run away, a note names every detector's value. A boundary
+the first detector does not find is the median of the others' (if most detectors find it); a
+boundary that most detectors find missing is reported missing. ``sources_`` says which
+detector supplied each boundary, so its confidence interval comes from bootstrapping that
+detector.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ class AutoDetector(Detector):
     Parameters
     ----------
     agree_tol : largest spread between detectors, as a share of the run length, that still
-        counts as agreement (default 0.02, the accuracy every detector reaches on simulated
-        runs at realistic noise).
+        counts as agreement, beyond which a note lists every detector's value (default 0.02,
+        the accuracy every detector reaches on simulated runs at realistic noise).
     detectors : the detectors to combine, in order of preference (default: threshold,
         changepoint, fit, each with its defaults).
     """
@@ -61,12 +63,11 @@ class AutoDetector(Detector):
                 values[key] = None
                 continue
             spread = max(present.values()) - min(present.values())
-            if spread <= tolerance:
-                source = next(iter(present))
-            elif len(present) >= 3:  # the median (lower median for an even count)
+            preferred = next(iter(estimates))
+            if preferred in present:
+                source = preferred
+            else:  # the median of the others (lower median for an even count)
                 source = sorted(present, key=present.get)[(len(present) - 1) // 2]
-            else:  # two values apart: no majority, keep the preferred detector's
-                source = next(iter(present))
             if spread > tolerance:
                 listing = ", ".join(f"{n} {v:.0f}" for n, v in present.items())
                 notes.append(f"{key}: detectors disagree by {spread / curve.run_length:.1%} of the run "

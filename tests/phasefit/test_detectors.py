@@ -85,14 +85,21 @@ def test_a_loss_that_never_reaches_the_baseline_gives_no_t1(name):
     assert any("never reached the baseline" in n for n in found.notes), found.notes
 
 
-def test_auto_reports_disagreement_and_takes_the_median():
+def test_auto_reports_the_definition_and_notes_a_disagreement():
     curve = _curve(simulate(n_individuals=500, n_heldout=10, seed=4))
     far = ThresholdDetector(t2_tol=0.3)  # a deliberately different definition of the plateau end
     auto = AutoDetector(detectors=(far, ChangepointDetector(), SegmentedFitDetector())).fit(curve)
-    values = {name: b.t2 for name, b in auto.estimates_.items()}
-    assert auto.t2_ == pytest.approx(sorted(values.values())[1])
-    assert auto.sources_["t2"] != "threshold"
-    assert any(n.startswith("t2: detectors disagree") for n in auto.notes_)
+    assert auto.t2_ == auto.estimates_["threshold"].t2 and auto.sources_["t2"] == "threshold"
+    assert any(n.startswith("t2: detectors disagree") and "reporting threshold" in n for n in auto.notes_)
+
+
+def test_auto_takes_the_median_of_the_others_where_the_definition_finds_nothing():
+    curve = _curve(simulate(n_individuals=500, n_heldout=10, seed=4))
+    blind = ThresholdDetector(t2_tol=0.9)  # a band no plateau leaves: no t2
+    auto = AutoDetector(detectors=(blind, ChangepointDetector(), SegmentedFitDetector())).fit(curve)
+    others = sorted(b.t2 for name, b in auto.estimates_.items() if name != "threshold")
+    assert auto.estimates_["threshold"].t2 is None and len(others) == 2
+    assert auto.t2_ == pytest.approx(others[0]) and auto.sources_["t2"] != "threshold"  # the lower median
 
 
 def test_the_regrid_changepoint_penalty_is_derived_from_the_estimated_noise():
