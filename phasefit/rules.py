@@ -101,12 +101,13 @@ def departure(x: np.ndarray, Y: np.ndarray, start: np.ndarray, level0, end: np.n
     The plateau is a line P(x) = a + b x (its level and trend), fitted to the row's
     evaluations from ``first`` (default: the first from ``start`` on at most ``tol`` above
     ``level0``) to the last that is not more than ``tol`` below P (the band), refitted
-    ``iterations`` times from P = ``level0``; ``level0`` and ``end`` are numbers or one per row. ``crossing``
-    is where the row falls through the band for good; ``onset``, where the line through the
-    early drop (the evaluations between ONSET_SHARE of the way from P to ``end``, at least
-    the first two below the band) meets P: the extrapolated onset, at a corner of a broken
-    line exactly, whatever the spacing of evaluations. ``left`` is False where the row is still
-    in the band at its last evaluation.
+    ``iterations`` times from P = ``level0``; ``level0`` and ``end`` are numbers or one per row.
+    Returns, per row: ``onset``, where the line through the early drop (the evaluations between
+    ONSET_SHARE of the way from P to ``end``, at least the first two below the band) meets P,
+    the extrapolated onset, at a corner of a broken line exactly, whatever the spacing of
+    evaluations (or, for a drop that gathers pace, where the row falls through the band for
+    good); ``left``, False where the row is still in the band at its last evaluation; ``level``
+    and ``trend``, P's coefficients.
     """
     rows, n = Y.shape
     index = np.arange(n)[None]
@@ -162,7 +163,7 @@ def _departure(x, Y, start, first, level0, end, tol, iterations: int, min_trend:
     # to extrapolate to, and the band's crossing is the plateau's end.
     below = x[np.clip(last + 1, 0, n - 1)]
     onset = np.where(np.isfinite(meet) & (bd < b) & (meet <= below), meet, cross)
-    return {"left": left, "last": last, "crossing": cross, "onset": onset, "level": a, "trend": b,
+    return {"left": left, "onset": onset, "level": a, "trend": b,
             "drop_slope": np.where(np.isfinite(bd), bd, 0.0)}
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from phasefit.curve import MAX_CELLS, Curve, estimate_noise
 
