@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import phasefit  # noqa: E402
 from phasefit.bootstrap import seed_interval  # noqa: E402
-from phasefit.crossrun import T2_TOLS, fit_alpha_optimum, fit_scaling  # noqa: E402
+from phasefit.crossrun import fit_alpha_optimum, fit_scaling  # noqa: E402
+from phasefit.rules import T2_TOLS  # noqa: E402
 from phasefit.simulate import expected_curve, simulate  # noqa: E402
 
 SEED0 = 1000  # held-out seeds: disjoint from those the tests and the defaults were chosen on
@@ -125,7 +126,7 @@ def grid_family(replicates: int, rows: list) -> None:
 
 def scaling_family(replicates: int, rows: list) -> None:
     """b of plateau end ~ a N^b over 4 population sizes x 3 seeds, true b = 0.81; and b with t2
-    read at each band of the t2 rule (crossrun.T2_TOLS)."""
+    read at each band of the t2 rule (rules.T2_TOLS)."""
     sizes, b_true = (250, 500, 1000, 2000), 0.81
     for noise in NOISES:
         hits, estimates, by_tol = [], [], {tol: [] for tol in T2_TOLS}
@@ -138,7 +139,7 @@ def scaling_family(replicates: int, rows: list) -> None:
                               seed_spread=SPREAD)
                 n_all.append(n)
                 found.append(phasefit.detect(ds, n_boot=0, per_fact=False))
-            fit = fit_scaling(n_all, [p.t2 for p in found], curves=[p.curve for p in found])
+            fit = fit_scaling(n_all, [p.t2 for p in found], by_t2_tol=[p.t2_by_t2_tol for p in found])
             hits.append(covers(None if fit is None else fit.b_ci, b_true))
             estimates.append(np.nan if fit is None else fit.b)
             for entry in [] if fit is None else fit.b_by_t2_tol:

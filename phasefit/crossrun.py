@@ -86,20 +86,18 @@ class AlphaOptimum:
         return np.exp(c0 + np.where(d < 0, k_below, k_above) * d**2)
 
 
-T2_TOLS = (0.01, 0.02, 0.05)  # the t2 rule's band (share of B) around its default 0.02: how far b depends on it
-
-
 def fit_scaling(n_individuals, values, level: float = 0.95, quantity: str = "t2", group: dict | None = None,
-                runs=None, curves=None) -> ScalingFit | None:
+                runs=None, by_t2_tol=None) -> ScalingFit | None:
     """OLS of log(value) on log(N); None with fewer than 3 positive values or 2 distinct N.
 
     Estimand: b, the slope of log(value) against log(N) across the condition's population
     sizes. log N is centred on its mean, so the fit's level is also reported where it is best
     known: ``value_at_center`` at the geometric mean of the N (its interval is not entangled
     with b's, as a's at N = 1 is). Runs whose value is missing (no plateau end: censored at the
-    run's length) are left out and named in ``notes`` (``runs``: their names). ``curves`` (each
-    run's ``Phases.curve``) let a t2 or plateau-length fit be repeated with t2 read by the
-    threshold rules at each band of T2_TOLS (``b_by_t2_tol``); a note says when some are missing.
+    run's length) are left out and named in ``notes`` (``runs``: their names). ``by_t2_tol``
+    (each run's ``Phases.t2_by_t2_tol``: t2 read by the threshold rules at each band of
+    T2_TOLS) repeats a t2 or plateau-length fit at each band (``b_by_t2_tol``); a note says
+    when some run has none (a phases.json written before they were recorded).
     """
     import statsmodels.api as sm
 
@@ -123,24 +121,20 @@ def fit_scaling(n_individuals, values, level: float = 0.95, quantity: str = "t2"
         fit.notes.append(f"{int(missing.sum())} runs without a {quantity} (no plateau end by the end of the run: "
                          f"censored) are left out" + (f": {', '.join(names)}" if names else "")
                          + "; the fit is biased toward shorter plateaus at the N they were at")
-    if curves is not None and quantity in ("t2", "plateau_length"):
-        curves = list(curves)
-        if all(c is not None for c in curves):
-            fit.b_by_t2_tol = _across_t2_tol(n, curves, quantity, level)
+    if by_t2_tol is not None and quantity in ("t2", "plateau_length"):
+        by_t2_tol = list(by_t2_tol)
+        if all(by_t2_tol):
+            fit.b_by_t2_tol = _across_t2_tol(n, by_t2_tol, quantity, level)
         else:
-            fit.notes.append("b across the t2 rule's band needs every run's curve (Phases from phasefit.detect; "
-                             "a phases.json has none)")
+            fit.notes.append("b across the t2 rule's band needs every run's t2_by_t2_tol (run phasefit detect again)")
     return fit
 
 
-def _across_t2_tol(n: np.ndarray, curves: list, quantity: str, level: float) -> list:
-    """b refitted with t2 (and the plateau length) read by the threshold rules at each band of T2_TOLS."""
-    from phasefit.detectors import make_detector
-
+def _across_t2_tol(n: np.ndarray, by_t2_tol: list, quantity: str, level: float) -> list:
+    """b refitted with t2 (and the plateau length) read at each band of the t2 rule."""
     out = []
-    for tol in T2_TOLS:
-        found = [make_detector("threshold", t2_tol=tol).fit(c).boundaries_ for c in curves]
-        fit = fit_scaling(n, [getattr(b, quantity) for b in found], level, quantity)
+    for k, tol in enumerate(row["t2_tol"] for row in by_t2_tol[0]):
+        fit = fit_scaling(n, [run[k][quantity] for run in by_t2_tol], level, quantity)
         if fit is not None:
             out.append({"t2_tol": tol, "b": fit.b, "b_ci": fit.b_ci, "n_runs": fit.n_runs})
     return out
@@ -291,7 +285,7 @@ def _frame(phases) -> pd.DataFrame:
                "condition": label, "conditions": named, "match": _key(flat, sampling), "group": _key(flat),
                "N": flat.get("world.n_individuals"), "alpha": flat.get("sampling.alpha"), "seed": flat.get("seed"),
                "ci_kind": d.get("ci_kind"),
-               "curve": getattr(p, "curve", None)}  # Python Phases only: t2 can be read again at other bands
+               "t2_by_t2_tol": d.get("t2_by_t2_tol") or None}
         for q in QUANTITIES:
             row[q] = d.get(q)
             ci = d.get(CI_FIELD.get(q, f"{q}_ci"))
@@ -485,7 +479,7 @@ def crossrun(phases, level: float = 0.95) -> CrossRun:
             fixed = {k: json.loads(key).get(k) for k in vary if k not in along and k in json.loads(key)}
             for quantity in ("t2", "plateau_length"):
                 fit = fit_scaling(group["N"], group[quantity], level, quantity, fixed, runs=group["run"],
-                                  curves=group["curve"])
+                                  by_t2_tol=group["t2_by_t2_tol"])
                 if fit:
                     out.scaling.append(fit)
     if "sampling.alpha" in vary:

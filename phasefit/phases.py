@@ -25,7 +25,7 @@ from phasefit.curve import Curve, estimate_noise
 from phasefit.detectors import make_detector
 from phasefit.detectors.base import Detector
 from phasefit.hallucination import confidence_gap, onset, onsets
-from phasefit.rules import BOUNDARIES
+from phasefit.rules import BOUNDARIES, T2_TOLS
 from phasefit.runs import RunInfo, open_run, run_info
 from phasefit.summary import Summary, population_curves, split_curve, summarise
 
@@ -75,6 +75,7 @@ class Phases:
     diagnostics: dict = field(default_factory=dict)
     acquisition_by_decile: list = field(default_factory=list)
     acquisition_by_attribute: list = field(default_factory=list)
+    t2_by_t2_tol: list = field(default_factory=list)  # {t2_tol, t2, plateau_length}: the threshold rules at T2_TOLS
     # Filled by phasefit.analyse (None otherwise and for other runs):
     finetune: dict | None = None  # fine-tuning runs: interventions.finetune_effects
     patching: dict | None = None  # patched runs: interventions.patching_effect
@@ -169,6 +170,10 @@ def _boundaries_into(phases: Phases, detector: Detector) -> None:
     members = getattr(detector, "estimates_", {detector.name: found})
     phases.estimates = {name: {k: getattr(b, k) for k in BOUNDARIES} for name, b in members.items()}
     phases.diagnostics["detectors"] = found.diagnostics if hasattr(detector, "estimates_") else {detector.name: found.diagnostics}
+    if phases.curve is not None:  # how far t2 depends on the rule's band (crossrun refits b at each)
+        for tol in T2_TOLS:
+            b = make_detector("threshold", t2_tol=tol).fit(phases.curve).boundaries_
+            phases.t2_by_t2_tol.append({"t2_tol": tol, "t2": b.t2, "plateau_length": b.plateau_length})
     if phases.plateau_length is not None and phases.curve is not None:
         if phases.plateau_length < 0.01 * phases.curve.run_length:
             phases.notes.append(f"no plateau: the loss left the baseline {phases.plateau_length:.0f} steps after "

@@ -28,6 +28,7 @@ import numpy as np
 from phasefit.curve import Curve
 
 BOUNDARIES = ("t1", "t2", "t3")
+T2_TOLS = (0.01, 0.02, 0.05)  # the t2 rule's band (share of B) around its default 0.02: how far results depend on it
 
 
 @dataclass

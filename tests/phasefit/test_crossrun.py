@@ -42,9 +42,14 @@ def test_scaling_fit_recovers_a_known_exponent_from_simulated_runs():
     assert default["b"] == pytest.approx(fit.b) and default["b_ci"] == pytest.approx(fit.b_ci)
     assert wide["b"] == pytest.approx(0.81, abs=0.03) and wide["n_runs"] == 10
     assert "t2_tol 0.01" in stats.format()
+    # The same from phasefit detect's JSON (the command line's path), and from a phases.json
+    # written before runs recorded their t2 at each band: a note says how to get it.
     from_json = next(s for s in crossrun([r.to_dict() for r in runs]).scaling if s.quantity == "t2")
-    assert from_json.b == pytest.approx(fit.b) and not from_json.b_by_t2_tol
-    assert "needs every run's curve" in from_json.notes[-1]
+    assert from_json.b_by_t2_tol == fit.b_by_t2_tol
+    older = [{k: v for k, v in r.to_dict().items() if k != "t2_by_t2_tol"} for r in runs]
+    from_old = next(s for s in crossrun(older).scaling if s.quantity == "t2")
+    assert from_old.b == pytest.approx(fit.b) and not from_old.b_by_t2_tol
+    assert "run phasefit detect again" in from_old.notes[-1]
 
 
 def test_scaling_fit_interval_covers_at_its_nominal_rate():
