@@ -237,7 +237,10 @@ def local_noise(curve: Curve, half: int) -> np.ndarray:
 
     a = np.abs(pseudo_residuals(curve))
     s = 1.4826 * median_filter(np.r_[a[0], a, a[-1]], size=2 * half + 1, mode="nearest")
-    return np.maximum(s, 1e-3 * np.median(s) + 1e-12 * max(curve.baseline, 1.0))
+    # Floored at 1e-3 of the largest (weights 1 / s^2 within a factor 1e6 of each other, so
+    # that sums of them keep their precision on a noise-free curve) and at float32's resolution
+    # of the loss.
+    return np.maximum(s, max(1e-3 * float(s.max()), 1e-6 * max(curve.baseline, 1.0)))
 
 
 MAX_CORRELATION = 0.9  # a residual lag-one correlation is capped: (1 + rho) / (1 - rho) at most 19

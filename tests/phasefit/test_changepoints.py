@@ -90,3 +90,15 @@ def test_a_plateau_shorter_than_the_search_resolves_is_read_at_the_band_crossing
     knots = label_knots(np.expm1(x), levels, B, 0.1, 0.03, 0.1)
     assert (knots.t1, knots.t2) == pytest.approx((100.0, 500.0))
     assert read_unresolved_plateau(knots, x, levels, B, 0.1, 0.03) is knots
+
+
+@pytest.mark.parametrize("seed", [1085, 1094])
+def test_a_noise_free_curve_of_exact_straight_pieces_is_segmented(seed):
+    # Noise-free pieces have zero local noise: weights unbounded by a floor made their sums
+    # lose every digit (NaN lines, then a failed least squares) on these two curves.
+    from phasefit.simulate import expected_curve
+
+    ds = simulate(n_individuals=300, n_heldout=60, n_steps=16_000, t1=320, t2=4000, t3=10_400, n_evals=20,
+                  seed=seed, seed_spread=0.1)
+    found = ChangepointDetector().fit(expected_curve(ds))
+    assert abs(found.t2_ - truth(ds)["t2"]) < 0.05 * 16_000
