@@ -239,7 +239,8 @@ def detect_run(ds: xr.Dataset, info: RunInfo, method: str | Detector = "auto", *
         detector = make_detector(method, **params).fit(curve)
         _boundaries_into(phases, detector)
         noise = _intervals(phases, detector, summary, curve, n_boot, rng, level)
-    phases.diagnostics.update(noise=estimate_noise(curve), resolution_at_t2=_resolution(curve, phases.t2),
+    phases.diagnostics.update({f"resolution_at_{k}": _resolution(curve, getattr(phases, k)) for k in BOUNDARIES})
+    phases.diagnostics.update(noise=estimate_noise(curve),
                               plateau_accuracy=_mean_between(curve, phases.t1, phases.t2),
                               n_train=int((ds["split"].values == "train").sum()),
                               n_heldout=int((ds["split"].values == "heldout").sum()))

@@ -38,6 +38,11 @@ def test_phases_json_has_the_design_fields_and_is_strict_json(small):
     shown = repr(phases)
     assert "\n" not in shown and len(shown) < 300
     assert f"t2={phases.t2:.0f} [{phases.t2_ci[0]:.0f}, {phases.t2_ci[1]:.0f}]" in shown
+    # Each boundary comes with the spacing of the evaluations it was read between.
+    steps = small["step"].values
+    for k in ("t1", "t2", "t3"):
+        i = np.searchsorted(steps, back[k])
+        assert back["diagnostics"][f"resolution_at_{k}"] == steps[i] - steps[i - 1]
 
 
 def test_population_curves_are_means_over_evaluated_facts(small):
