@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_coverage import device  # noqa: E402  (benchmarks/bench_coverage.py)
 from phasefit.detectors import SegmentedFitDetector  # noqa: E402
-from phasefit.detectors.fit import choose_count, davies_p  # noqa: E402
+from phasefit.detectors.fit import choose_count, davies_p, plateau_start  # noqa: E402
 from phasefit.simulate import simulate, truth  # noqa: E402
 from phasefit.summary import population_curves, split_curve  # noqa: E402
 
@@ -157,7 +157,7 @@ def davies_family(seed0: int, n_seeds: int, rows: list) -> None:
                 missing += 1
                 continue
             corrected.append(fitted.diagnostics_["davies_p"])
-            after = curve.log_step >= np.log1p(fitted.t1_)
+            after = curve.log_step >= plateau_start(fitted.t1_, np.log1p(fitted.knots_))
             plain.append(davies_p(curve.log_step[after], curve.loss[after], 0.0))
         config = {"noise": noise, "n_evals": n_evals, "curves": kind, "n": len(corrected), "untested": missing,
                   "seeds": [seed0, seed0 + n_seeds - 1]}

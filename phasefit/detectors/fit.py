@@ -133,8 +133,7 @@ class SegmentedFitDetector(Detector):
         found = self.read_line(fit, x[0], x[-1], curve)
         # A knot's standard error in steps, by the delta method from log-step.
         se_steps = [float(np.expm1(k) * s) if np.isfinite(s) else None for k, s in zip(fit["knots"], fit["knot_se"])]
-        # Davies' test that the line bends after the plateau's start (its end, or saturation).
-        after = x >= np.log1p(found.t1) if found.t1 is not None else np.zeros(len(x), bool)
+        after = x >= plateau_start(found.t1, fit["knots"])
         p_end = davies_p(x[after], y[after], rho or 0.0) if after.sum() >= 8 else None
         found.diagnostics.update({"noise": noise, "residual_sd": fit["residual_sd"], "r2": fit["r2"],
                                   "knots": [round(float(k), 1) for k in self.knots_], "knot_se": se_steps,
@@ -208,6 +207,17 @@ def choose_count(residuals: list[np.ndarray], criterion: str = "long-run", penal
     else:
         values = rss / max(scale, 1e-300) + penalty * (1 + LOCATION_PARAMETERS) * np.log(n) * counts
     return int(np.argmin(values)), dict(zip(counts.tolist(), values)), rho
+
+
+def plateau_start(t1: float | None, knots: np.ndarray) -> float:
+    """Log-step where the plateau starts, for Davies' test of a bend after it: the fitted knot
+    nearest t1 (the fall's corner; t1 is read 5% above B, on the fall), or t1 if that knot lies
+    before it; inf without t1. From t1 itself the test would see the fall's last evaluations
+    bend into the plateau, and report a break on runs that never leave it."""
+    if t1 is None:
+        return np.inf
+    x1 = np.log1p(t1)
+    return float(max(x1, knots[np.argmin(np.abs(knots - x1))])) if len(knots) else x1
 
 
 def davies_p(x: np.ndarray, y: np.ndarray, rho: float = 0.0, k: int = 10) -> float:
