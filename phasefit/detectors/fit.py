@@ -56,6 +56,8 @@ class SegmentedFitDetector(Detector):
         per knot in units of the residuals' long-run variance) or "bic" (the plain BIC, which
         assumes independent noise; kept for comparison).
     penalty : multiplier of the long-run criterion's penalty per knot (default 1).
+    counts : the numbers of knots compared (default 1 .. max_knots); bootstrap replicates
+        compare the full curve's number and its two neighbours.
     fit_band : the fit starts at the last evaluation above B (1 + fit_band) before the loss
         first comes within it (default 0.25: far enough above the t1 band of 5% to place the
         fall's end, close enough that the initial fall's curvature stays out).
@@ -70,7 +72,7 @@ class SegmentedFitDetector(Detector):
     def __init__(self, model: str = "segmented", robust: float | None = 3.0, max_knots: int = 5,
                  fit_band: float = 0.25, t1_tol: float = 0.05, t2_tol: float = 0.02, t3_tol: float = 0.02,
                  tail: float = 0.05, init: tuple | None = None, criterion: str = "long-run",
-                 penalty: float = 1.0):
+                 penalty: float = 1.0, counts: tuple | None = None):
         self.model = model
         self.robust = robust
         self.max_knots = max_knots
@@ -82,6 +84,16 @@ class SegmentedFitDetector(Detector):
         self.init = init
         self.criterion = criterion
         self.penalty = penalty
+        self.counts = counts
+
+    def for_replicates(self) -> "SegmentedFitDetector":
+        """Replicates choose their own number of knots, among this fit's and its neighbours
+        (each count tried costs a refinement of its knots)."""
+        params = self.get_params()
+        k = getattr(self, "diagnostics_", {}).get("n_knots")
+        if k is not None and self.init is None and self.criterion == "long-run":
+            params["counts"] = (k - 1, k, k + 1)
+        return type(self)(**params)
 
     def read_line(self, fit: dict, x0: float, x1: float, curve: Curve) -> Boundaries:
         """The threshold rules on the broken line ``fit`` (``fit_broken_line``'s coef, knots and
@@ -127,7 +139,7 @@ class SegmentedFitDetector(Detector):
             scores, rho = {len(knots0): None}, None
         else:
             fit, scores, rho = select_knots(x, y, min(self.max_knots, (len(y) - 2) // 3), smooth, f_scale, w,
-                                            self.criterion, self.penalty)
+                                            self.criterion, self.penalty, self.counts)
         self.knots_ = np.expm1(fit["knots"])
 
         found = self.read_line(fit, x[0], x[-1], curve)
@@ -147,19 +159,22 @@ class SegmentedFitDetector(Detector):
 
 
 def select_knots(x: np.ndarray, y: np.ndarray, max_knots: int, smooth: bool, f_scale,
-                 w: np.ndarray | None = None, criterion: str = "long-run", penalty: float = 1.0
-                 ) -> tuple[dict, dict, float]:
-    """The knots of ``knot_path``, their number chosen by ``criterion`` (``choose_count``).
-    "long-run" refines every K's knots first and compares the refined fits (the greedy path's
-    knots sit on evaluations, and a corner between two of them costs a spare knot); "bic" (the
-    earlier fit) compares the path's own fits and refines the chosen one. Returns the refined
-    fit, the criterion of every K tried and the residuals' lag-one correlation."""
+                 w: np.ndarray | None = None, criterion: str = "long-run", penalty: float = 1.0,
+                 counts=None) -> tuple[dict, dict, float]:
+    """The knots of ``knot_path``, their number chosen by ``criterion`` (``choose_count``)
+    among ``counts`` (default 1 .. max_knots). "long-run" refines each count's knots first and
+    compares the refined fits (the greedy path's knots sit on evaluations, and a corner
+    between two of them costs a spare knot); "bic" (the earlier fit) compares the path's own
+    fits and refines the chosen one. Returns the refined fit, the criterion of every count
+    tried and the residuals' lag-one correlation."""
     path, residuals = knot_path(x, y, max_knots, w)
     if criterion == "bic":
-        k, values, rho = choose_count(residuals, criterion)
-        return fit_broken_line(x, y, path[k], smooth, f_scale, w), values, rho
-    fits = [fit_broken_line(x, y, knots, smooth, f_scale, w) for knots in path]
-    k, values, rho = choose_count([f["residuals"] for f in fits], criterion, penalty)
+        counts = range(1, len(path) + 1)
+        k, values, rho = choose_count(residuals, counts, residuals, criterion)
+        return fit_broken_line(x, y, path[k - 1], smooth, f_scale, w), values, rho
+    counts = [k for k in (counts or range(1, len(path) + 1)) if 1 <= k <= len(path)] or [len(path)]
+    fits = {k: fit_broken_line(x, y, path[k - 1], smooth, f_scale, w) for k in counts}
+    k, values, rho = choose_count([fits[k]["residuals"] for k in counts], counts, residuals, criterion, penalty)
     return fits[k], values, rho
 
 
@@ -187,26 +202,26 @@ def knot_path(x: np.ndarray, y: np.ndarray, max_knots: int, w: np.ndarray | None
     return path, residuals
 
 
-def choose_count(residuals: list[np.ndarray], criterion: str = "long-run", penalty: float = 1.0
-                 ) -> tuple[int, dict, float]:
-    """Index into ``residuals`` (those of K = 1, 2, ... knots) of the number of knots chosen.
+def choose_count(residuals: list[np.ndarray], counts, largest: list[np.ndarray], criterion: str = "long-run",
+                 penalty: float = 1.0) -> tuple[int, dict, float]:
+    """The number of knots chosen among ``counts``, ``residuals`` those of their fits.
 
-    "long-run": RSS_K / v + ``penalty`` K (1 + 3) log n, a knot's slope change and its location (three
-    parameters, as a change of ``ChangepointDetector``), v the long-run variance
-    s^2 (1 + rho) / (1 - rho) of the residuals of the most knots (``long_run_variance``; the
-    largest model's variance, as in Mallows' Cp, so that a fit that misses a corner cannot
-    inflate its own penalty). "bic": the plain BIC, n log(RSS_K / n) + (2 K + 2) log n, which
-    assumes independent noise. Returns the index, the criterion of every K and the lag-one
-    correlation of the largest model's residuals."""
-    n = len(residuals[0])
+    "long-run": RSS_K / v + ``penalty`` K (1 + 3) log n, a knot's slope change and its
+    location (three parameters, as a change of ``ChangepointDetector``), v the long-run
+    variance s^2 (1 + rho) / (1 - rho) (``long_run_variance``) of the last of ``largest``,
+    the knot path's residuals (of 1 .. max knots): those of the most knots (the largest model's variance, as in Mallows' Cp: a fit that
+    misses a corner cannot inflate its own penalty, and every count is judged by one v).
+    "bic": the plain BIC, n log(RSS_K / n) + (2 K + 2) log n, which assumes independent noise.
+    Returns the count, the criterion of every count and the lag-one correlation rho."""
+    n = len(largest[-1])
     rss = np.array([max(float(r @ r), 1e-300) for r in residuals])
-    counts = np.arange(1, len(rss) + 1)
-    scale, rho = long_run_variance(residuals[-1], n - 2 * len(rss) - 2)
+    counts = np.asarray(list(counts))
+    scale, rho = long_run_variance(largest[-1], n - 2 * len(largest) - 2)
     if criterion == "bic":
         values = n * np.log(rss / n) + (2 * counts + 2) * np.log(n)
     else:
         values = rss / max(scale, 1e-300) + penalty * (1 + LOCATION_PARAMETERS) * np.log(n) * counts
-    return int(np.argmin(values)), dict(zip(counts.tolist(), values)), rho
+    return int(counts[np.argmin(values)]), dict(zip(counts.tolist(), values)), rho
 
 
 def plateau_start(t1: float | None, knots: np.ndarray) -> float:
