@@ -86,7 +86,7 @@ def muggeo_choice(detector, curve, x, y, fits, criterion):
         k = min(converged, key=lambda k: fits[k].get_results()["bic"])
     else:  # the long-run criterion over the converged counts (the largest converged sets the variance)
         residuals = [y - fits[j].predict(x) for j in converged]
-        k = choose_count(residuals, [j + 1 for j in converged], residuals)[0] - 1
+        k = choose_count(residuals, [j + 1 for j in converged])[0] - 1
     best = fits[k].best_muggeo.best_fit
     params, knots = best.raw_params, np.asarray(best.next_breakpoints)
     line = {"coef": np.asarray(params[:2 + len(knots)]), "knots": knots, "width": 0.0}

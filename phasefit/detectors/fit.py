@@ -170,11 +170,11 @@ def select_knots(x: np.ndarray, y: np.ndarray, max_knots: int, smooth: bool, f_s
     path, residuals = knot_path(x, y, max_knots, w)
     if criterion == "bic":
         counts = range(1, len(path) + 1)
-        k, values, rho = choose_count(residuals, counts, residuals, criterion)
+        k, values, rho = choose_count(residuals, counts, criterion)
         return fit_broken_line(x, y, path[k - 1], smooth, f_scale, w), values, rho
     counts = [k for k in (counts or range(1, len(path) + 1)) if 1 <= k <= len(path)] or [len(path)]
     fits = {k: fit_broken_line(x, y, path[k - 1], smooth, f_scale, w) for k in counts}
-    k, values, rho = choose_count([fits[k]["residuals"] for k in counts], counts, residuals, criterion, penalty)
+    k, values, rho = choose_count([fits[k]["residuals"] for k in counts], counts, criterion, penalty)
     return fits[k], values, rho
 
 
@@ -202,21 +202,21 @@ def knot_path(x: np.ndarray, y: np.ndarray, max_knots: int, w: np.ndarray | None
     return path, residuals
 
 
-def choose_count(residuals: list[np.ndarray], counts, largest: list[np.ndarray], criterion: str = "long-run",
-                 penalty: float = 1.0) -> tuple[int, dict, float]:
+def choose_count(residuals: list[np.ndarray], counts, criterion: str = "long-run", penalty: float = 1.0
+                 ) -> tuple[int, dict, float]:
     """The number of knots chosen among ``counts``, ``residuals`` those of their fits.
 
     "long-run": RSS_K / v + ``penalty`` K (1 + 3) log n, a knot's slope change and its
     location (three parameters, as a change of ``ChangepointDetector``), v the long-run
-    variance s^2 (1 + rho) / (1 - rho) (``long_run_variance``) of the last of ``largest``,
-    the knot path's residuals (of 1 .. max knots): those of the most knots (the largest model's variance, as in Mallows' Cp: a fit that
-    misses a corner cannot inflate its own penalty, and every count is judged by one v).
+    variance s^2 (1 + rho) / (1 - rho) (``long_run_variance``) of the residuals of the most
+    knots compared (the largest model's variance, as in Mallows' Cp: a fit that misses a
+    corner cannot inflate its own penalty, and every count is judged by one v).
     "bic": the plain BIC, n log(RSS_K / n) + (2 K + 2) log n, which assumes independent noise.
     Returns the count, the criterion of every count and the lag-one correlation rho."""
-    n = len(largest[-1])
+    n = len(residuals[-1])
     rss = np.array([max(float(r @ r), 1e-300) for r in residuals])
     counts = np.asarray(list(counts))
-    scale, rho = long_run_variance(largest[-1], n - 2 * len(largest) - 2)
+    scale, rho = long_run_variance(residuals[-1], n - 2 * int(counts[-1]) - 2)
     if criterion == "bic":
         values = n * np.log(rss / n) + (2 * counts + 2) * np.log(n)
     else:
