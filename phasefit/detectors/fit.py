@@ -14,9 +14,12 @@ the simulator's sharp corners:
   fall from the initial loss is a sigmoid in log-step (flat for the first steps of a real
   run) whose curvature, several nats against the plateau's tenths, would take every knot.
 - How many knots: K = 1 .. ``max_knots``, each added where it lowers the squared error most
-  (every candidate evaluation scored at once by projection), all knots then refined with
+  (every candidate evaluation scored at once by projection), each K's knots then refined with
   ``scipy.optimize.least_squares`` (analytic Jacobian, soft-L1 loss scaled to ``robust``
-  times the estimated noise, so a few outliers cannot bend it); K is chosen by BIC.
+  times the estimated noise, so a few outliers cannot bend it); K is chosen with 4 log n per
+  knot in units of the residuals' long-run variance (``choose_count``: the shared step noise
+  is correlated, and the plain BIC took its wiggles for corners). Davies' test that the loss
+  bends after the plateau's start is in the diagnostics (``davies_p``).
 - Which steps: t1, t2, t3 are the threshold rules (``phasefit.rules``, the same bands as the
   threshold detector) applied to the fitted line rather than to the noisy evaluations. On a
   curve with sharp corners the rules land on the corners; on a real run's rounded, slightly
