@@ -113,7 +113,8 @@ def pack_runs(runs: list[RunSpec], size: int) -> list[list[RunSpec]]:
     groups: dict[tuple, list[RunSpec]] = {}
     for run in runs:
         groups.setdefault(pack_key(run.config) or (run.name,), []).append(run)
-    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+    packs = [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+    return sorted(packs, key=lambda pack: runs.index(pack[0]))  # the sweep's order, as runs alone go
 
 
 def default_pack(device: str) -> int:
