@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py --preset tiny [--device cpu] [--steps 30] [--run]
     python benchmarks/bench_train.py --preset paper --device cuda --run     # on a GPU machine
+    python benchmarks/bench_train.py --preset tiny --pack 4                  # solo against a pack of 4
 
 Measures, in one process:
 - the loop's training step (device-side batches; bf16 + torch.compile on CUDA) against a naive
@@ -14,6 +15,10 @@ Measures, in one process:
   per second (on CUDA, with a profile of one evaluation's kernels); at large N also the time
   of one evaluation of the dense subset, and its part that does not scale with biographies;
 - MFU against the detected GPU's bf16 peak (dense), and peak memory.
+With ``--pack K``, instead: run-steps per second of the loop's training step alone and of a
+pack of K members (trainer/pack.py, seeds 0..K-1) at the same config, in one process, batch
+assembly included, and their ratio; on CUDA also the peak memory of the pack's steps against
+its estimate (``pack.pack_bytes``).
 Tokens and FLOPs count the padded batch (an eager CPU step skips the columns that are padding
 in every row, about 15% of them). Prints a table and one JSON line per measurement.
 """
@@ -33,8 +38,9 @@ from logstore.schema import ATTRIBUTES
 from rows import print_rows  # benchmarks/rows.py
 from trainer.batches import Biographies
 from trainer.config import load_config
-from trainer.loop import Evaluator, make_optimizer, make_train_step, probe_dtype, train
+from trainer.loop import Evaluator, Run, make_optimizer, make_train_step, probe_dtype, train
 from trainer.model import Transformer
+from trainer.pack import Pack, pack_bytes
 from trainer.plan import build_plan
 from trainer.run import prepare_run
 from trainer.sampling import Sampler, build_stages
@@ -198,6 +204,39 @@ def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides:
     return rows
 
 
+def bench_pack(preset: str, device: torch.device, n_steps: int, k: int, overrides: list[str]) -> list[dict]:
+    """Run-steps per second of one run's training step and of a pack of ``k``, and the ratio."""
+    configs = [load_config(ROOT / "configs" / f"{preset}.toml", overrides + [f"seed={s}"]) for s in range(k)]
+    c = configs[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = Run(c, Path(tmp) / "solo", device)
+        runs = [Run(config, Path(tmp) / f"run{i}", device) for i, config in enumerate(configs)]
+        step = make_train_step(alone.model, alone.optimizer, c, device, alone.bios.pad)
+        solo = step_time(step, lambda: alone.batch(0), n_steps, device)
+        packed = Pack(runs, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        together = step_time(packed.step_fn, lambda: packed.batches(0), n_steps, device)
+        vocab, seq_len = max(len(r.world.vocab) for r in runs), max(r.world.seq_len for r in runs)
+        for run in [alone, *runs]:
+            run.writer.close("failed", reason="a benchmark")
+    m = c.model
+    name = (f"{preset} ({m.n_layers} layers, d_model {m.d_model}, batch {c.train.batch_size}; threads "
+            f"{torch.get_num_threads()})")
+    row = dict(bench="train_pack", device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", config=name)
+    rows = [
+        {**row, "metric": "solo_run_steps_per_s", "value": 1 / solo, "unit": "1/s"},
+        {**row, "metric": f"pack{k}_run_steps_per_s", "value": k / together, "unit": "1/s"},
+        {**row, "metric": f"pack{k}_over_solo", "value": solo * k / together, "unit": "ratio of run-steps/s"},
+    ]
+    if device.type == "cuda":
+        estimate = sum(pack_bytes(c, vocab, seq_len, k, device).values())
+        rows += [{**row, "metric": f"pack{k}_peak_memory", "value": torch.cuda.max_memory_allocated() / 2**20,
+                  "unit": "MiB"},
+                 {**row, "metric": f"pack{k}_memory_estimate", "value": estimate / 2**20, "unit": "MiB"}]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
@@ -206,8 +245,12 @@ def main() -> None:
     parser.add_argument("--run", action="store_true", help="also train the preset's default run (wall time, metrics tax)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key of the preset (repeatable)")
+    parser.add_argument("--pack", type=int, metavar="K", help="measure solo steps against a pack of K instead")
     args = parser.parse_args()
-    rows = bench(args.preset, torch.device(args.device), args.steps, args.run, args.overrides)
+    if args.pack:
+        rows = bench_pack(args.preset, torch.device(args.device), args.steps, args.pack, args.overrides)
+    else:
+        rows = bench(args.preset, torch.device(args.device), args.steps, args.run, args.overrides)
     print_rows(rows)
 
 

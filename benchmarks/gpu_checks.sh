@@ -2,17 +2,22 @@
 # Every GPU measurement of the project in one go, for a machine with one CUDA GPU (about 7
 # minutes by the sum of its steps' times, measured separately on an H100 and an H200):
 #   benchmarks/gpu_checks.sh [OUT_DIR [STEP ...]]   (default: gpu-results/, every step)
-# STEP is smoke, patched, bench_batches, bench_train, paper_run or paper_run_24 (to run some of
-# them only; paper_run_24 runs only when named):
+# STEP is smoke, patched, bench_batches, bench_train, pack_smoke, pack, paper_run or paper_run_24
+# (to run some of them only; paper_run_24 runs only when named):
 # 1. smoke, patched: a short tiny-preset run on CUDA through the command line (the CUDA path
 #    works end to end), and its attention-patched twin (the reference's forward inside the
 #    compiled, graphed step); about 40 s each;
 # 2. bench_batches: batch assembly against one training step, tiny and paper presets;
 # 3. bench_train: the paper preset's step (ms/step, MFU, CUDA graphs, the naive baseline, peak
 #    memory) and the probes' rate with a profile of one evaluation; about 70 s;
-# 4. paper_run: the paper preset's default run (16k steps, the evaluation plan), then
+# 4. pack_smoke: a sweep of three tiny-preset seeds as one pack on CUDA (`pack = 3`), through the
+#    command line (the compiled, graphed pack step works end to end); pack: solo against packed
+#    run-steps per second (`bench_train.py --pack K`), the paper preset at K = 8 and the demo's
+#    model shape (2 layers, d_model 64) at K = 32, with the pack's peak memory against its
+#    estimate; both as JSON lines in OUT_DIR/pack.jsonl (targets: 2x and 10x, docs/trainer.md);
+# 5. paper_run: the paper preset's default run (16k steps, the evaluation plan), then
 #    `phasefit detect` on it: wall time, evaluations (the metrics tax), the phases; about 4 min;
-# 5. paper_run_24: the same with everyone evaluated at 24 steps (`--set eval.n_full=24`, against
+# 6. paper_run_24: the same with everyone evaluated at 24 steps (`--set eval.n_full=24`, against
 #    the default 8), to weigh a few dozen full evaluations against the metrics tax.
 # Each step's output goes to OUT_DIR/<step>.log; a failing step does not stop the next.
 set -u
@@ -42,6 +47,15 @@ step patched 180 $py -m phasefit.cli train configs/tiny.toml --device cuda --out
     --set patch.reference=/tmp/phasefit-gpu-smoke --set train.steps=300 --set eval.n_evals=10
 step bench_batches 120 $py benchmarks/bench_batches.py --device cuda --presets tiny,paper --repeats 20
 step bench_train 180 $py benchmarks/bench_train.py --preset paper --device cuda --steps 50
+printf 'base = "%s/configs/tiny.toml"\nseeds = [0, 1, 2]\npack = 3\n[set]\n"train.steps" = 300\n"eval.n_evals" = 10\n' \
+    "$PWD" > /tmp/phasefit-gpu-pack.toml
+rm -rf /tmp/phasefit-gpu-packs
+step pack_smoke 240 sh -c "$py -m phasefit.cli sweep /tmp/phasefit-gpu-pack.toml --device cuda --out /tmp/phasefit-gpu-packs \
+    && cat /tmp/phasefit-gpu-packs/phasefit-gpu-pack/seed0/sweep.log"
+step pack 420 sh -c "$py benchmarks/bench_train.py --preset paper --device cuda --steps 50 --pack 8 \
+    && $py benchmarks/bench_train.py --preset tiny --device cuda --steps 50 --pack 32 --set model.n_layers=2 \
+    --set model.d_model=64 --set model.n_heads=2 --set model.d_mlp=256"
+[ -f "$out/pack.log" ] && grep '^{' "$out/pack.log" > "$out/pack.jsonl"
 step paper_run 420 sh -c "$py -m phasefit.cli train configs/paper.toml --device cuda --out /tmp/phasefit-gpu-paper \
     && $py -m phasefit.cli detect /tmp/phasefit-gpu-paper"
 if [[ "$only" == *" paper_run_24 "* ]]; then  # only when named

@@ -44,7 +44,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from trainer.pool import sweep_from_cli
 
-    return sweep_from_cli(args.sweep, out=args.out, workers=args.workers, scheduler=args.scheduler, device=args.device)
+    return sweep_from_cli(args.sweep, out=args.out, workers=args.workers, scheduler=args.scheduler, device=args.device,
+                          pack=args.pack)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler")
     p.add_argument("--device", default="auto", help="device for every run (default auto)")
+    p.add_argument("--pack", type=int, help="train runs that can share a step as packs of at most K (default: the "
+                   "sweep file's pack, else 1 on CPU and 8 on GPUs)", metavar="K")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("ls", help="list runs, their conditions and state")

@@ -23,11 +23,11 @@ class Batch:
 
 
 def trim_padding(tokens: torch.Tensor, pad: int) -> torch.Tensor:
-    """The batch without its last columns where every row is padding (biographies are shorter
-    than ``seq_len``, about 15% on the tiny world). A causal model's outputs at the kept
-    positions are unchanged. Reads the length on the host: for eager CPU work, not for
+    """The batch (or a pack's batches) without its last columns where every row is padding
+    (biographies are shorter than ``seq_len``, about 15% on the tiny world). A causal model's
+    outputs at the kept positions are unchanged. Reads the length on the host: for eager CPU work, not for
     compiled or CUDA steps that need fixed shapes and no waits."""
-    return tokens[:, : int((tokens != pad).sum(1).max())]
+    return tokens[..., : int((tokens != pad).sum(-1).max())]
 
 
 class Biographies:

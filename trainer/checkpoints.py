@@ -79,6 +79,20 @@ def save_resume(directory: Path, step: int, model: torch.nn.Module, optimizer: t
     _atomic_save(tensors, directory / RESUME, {"step": str(step), "elapsed": json.dumps(elapsed)})
 
 
+def saved_step(directory: Path) -> int:
+    """The step of the resume state in ``directory`` (read from its header alone)."""
+    try:
+        with safe_open(str(directory / RESUME), "pt") as f:
+            return int(f.metadata()["step"])
+    except Exception as err:  # as load_resume: a damaged file
+        raise damaged(directory / RESUME, err) from None
+
+
+def damaged(path: Path, err: Exception) -> ConfigError:
+    return ConfigError(f"{path}: cannot read the resume state ({type(err).__name__}: {err}); the store is "
+                       "untouched: start the run again in another --out")
+
+
 def load_resume(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 generator: torch.Generator, exposures: torch.Tensor) -> tuple[int, float]:
     """Restore a resume state in place; returns (step, elapsed wall seconds before it)."""
@@ -92,8 +106,7 @@ def load_resume(directory: Path, model: torch.nn.Module, optimizer: torch.optim.
         tensors = load_file(str(path), device=device)
         step, elapsed = int(metadata["step"]), float(json.loads(metadata["elapsed"]))
     except Exception as err:  # safetensors' own error, OSError, a missing key: the file is damaged
-        raise ConfigError(f"{path}: cannot read the resume state ({type(err).__name__}: {err}); the store is "
-                          "untouched: start the run again in another --out") from None
+        raise damaged(path, err) from None
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, p in enumerate(params):

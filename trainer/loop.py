@@ -17,6 +17,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -67,8 +68,15 @@ def learning_rate(config: Config, step: int) -> float:
 
 def make_optimizer(model: torch.nn.Module, config: Config, fused: bool = False) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (not on norms or embeddings of positions)."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("pos.")]
-    other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("pos."))]
+    return optimizer_for(model.named_parameters(), config, fused)
+
+
+def optimizer_for(named: Iterable[tuple[str, torch.Tensor]], config: Config, fused: bool = False,
+                  run_dims: int = 0) -> torch.optim.AdamW:
+    """``make_optimizer`` for named parameters whose first ``run_dims`` dimensions index runs (a pack's)."""
+    decay, other = [], []
+    for n, p in named:
+        (decay if p.dim() - run_dims >= 2 and not n.startswith("pos.") else other).append(p)
     t = config.train
     return torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}],
                              lr=t.lr, betas=(t.beta1, t.beta2), fused=fused or None)
@@ -104,6 +112,20 @@ def probe_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def as_configured(token_loss, config: Config, device: torch.device, pad: int):
+    """``token_loss(tokens)`` as the training step runs it: compiled (with CUDA graphs) where
+    ``train.compile`` says so, else eager; eager on CPU without the columns that are padding
+    in every row."""
+    use_cuda = device.type == "cuda"
+    if use_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True  # the few fp32 matmuls outside autocast
+    if compiles(config.train.compile, device):
+        return compiled_or_eager(token_loss, mode="reduce-overhead" if use_cuda and config.train.cuda_graphs else None)
+    if use_cuda:
+        return token_loss
+    return lambda tokens: token_loss(trim_padding(tokens, pad))
+
+
 def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config: Config, device: torch.device,
                     pad: int):
     """One optimiser update on a batch of tokens; returns the mean token loss as a device tensor.
@@ -121,14 +143,7 @@ def make_train_step(model: Transformer, optimizer: torch.optim.Optimizer, config
         return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=pad)
 
     t = config.train
-    if use_cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True  # the few fp32 matmuls outside autocast
-    if compiles(t.compile, device):
-        loss_of = compiled_or_eager(token_loss, mode="reduce-overhead" if use_cuda and t.cuda_graphs else None)
-    elif use_cuda:
-        loss_of = token_loss
-    else:
-        loss_of = lambda tokens: token_loss(trim_padding(tokens, pad))  # noqa: E731
+    loss_of = as_configured(token_loss, config, device, pad)
 
     def train_step(tokens: torch.Tensor) -> torch.Tensor:
         loss = loss_of(tokens)
@@ -226,174 +241,230 @@ def close_failed(writer: logstore.RunWriter, err: BaseException, step: int, reas
             err.add_note(f"while closing the store: {store_err}")
 
 
+class Run:
+    """One run's pieces, built as ``train`` builds them: world, biographies, sampler, plan, model
+    (and a patched run's reference), optimiser, generator, evaluator, checkpoints and store, from
+    its resume state when ``resume``. A pack (trainer/pack.py) builds one for each member."""
+
+    def __init__(self, config: Config, out: Path, device: torch.device, resume: bool = False):
+        self.config, self.out, self.device = config, out, device
+        torch.manual_seed(config.seed)
+        self.world = world = build_world(config.world, config.seed)
+        self.bios = Biographies(world, device)
+        self.sampler = Sampler(build_stages(config.sampling, world, config.train.steps, config.train.batch_size),
+                               world.n, device)
+        self.plan = plan = build_plan(config.eval, world, config.train.steps, config.seed)
+        self.model = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
+        if config.train.init_from:
+            checkpoints.load_weights(self.model, references.weights_file(config.train.init_from, -1, "train.init_from"),
+                                     "train.init_from")
+        self.reference = None
+        if config.patch.reference:  # built after the model, so the model's initial parameters are its twin's
+            self.reference = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
+            checkpoints.load_weights(self.reference, references.weights_file(
+                config.patch.reference, config.patch.reference_step, "patch.reference_step"), "patch.reference_step")
+        self.optimizer = make_optimizer(self.model, config, fused=device.type == "cuda")
+        self.generator = torch.Generator(device).manual_seed(config.seed)
+        self.evaluate = Evaluator(world, self.bios, plan, config.eval.batch_size, config.eval.attention_probe,
+                                  config.seed, dtype=probe_dtype(device))
+        self.ckpt_dir = out / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.keep_weights = checkpoints.checkpoint_steps(config.train.steps, config.train.n_checkpoints)
+        self.step, self.elapsed = 0, 0.0
+        if resume:
+            self.step, self.elapsed = checkpoints.load_resume(self.ckpt_dir, self.model, self.optimizer,
+                                                              self.generator, self.sampler.exposures)
+            self.writer = logstore.RunWriter.resume(out / STORE_NAME, after_step=self.step)
+        else:
+            from trainer import __version__
+
+            self.writer = logstore.RunWriter.create(
+                out / STORE_NAME, individual=plan.order, split=world.split[plan.order], rank=world.rank[plan.order],
+                baseline=world.baseline, n_layers=self.model.n_layers, n_heads=self.model.n_heads,
+                config=config.to_dict(), package_version=__version__, attributes={  # what the trainer did
+                    ATTR_STAGES: [st.describe() for st in self.sampler.stages], ATTR_CONDITIONS: config.conditions(),
+                    ATTR_CONDITION_LABEL: config.condition_label()})
+        self.first_step = self.step
+        self.last = {"loss": float("nan"), "accuracy": float("nan")}
+        self.eval_index = {int(s): i for i, s in enumerate(plan.steps)}
+        self.train_ids = world.split[plan.order] == "train"
+
+    def network(self, at: int) -> torch.nn.Module:
+        """What trains and is probed at step ``at``: the model, patched from ``patch.start`` on."""
+        if self.reference is not None and at >= self.config.patch.start:
+            return PatchedModel(self.model, self.reference)
+        return self.model
+
+    def batch(self, step: int) -> torch.Tensor:
+        """The tokens (B, seq_len) of training step ``step``, from the run's own generator."""
+        individuals = self.sampler.sample(step, self.config.train.batch_size, self.generator)
+        return self.bios.assemble(individuals, *self.bios.random_layout(individuals, self.generator)).tokens
+
+    def record_losses(self, first: int, values: np.ndarray, lrs: list[float]) -> Diverged | None:
+        """Hand the losses of train steps ``first``, ``first + 1``, ... to the store; the
+        divergence they show, if any (the run fails with it)."""
+        self.writer.append_train(train_step=np.arange(first, first + len(values), dtype=np.int64),
+                                 train_loss=values.astype(np.float32), lr=np.asarray(lrs, np.float32))
+        self.last["loss"] = float(values[-1])
+        bad = np.flatnonzero(~np.isfinite(values))
+        return Diverged(f"training loss became {values[bad[0]]} at step {first + bad[0]}") if len(bad) else None
+
+    def evaluates(self, step: int) -> bool:
+        return step in self.eval_index and (self.writer.last_step is None or step > self.writer.last_step)
+
+    def check_weights(self, s: int) -> None:
+        """A diverged model is never evaluated: not after a non-finite loss, nor after an update
+        that made the weights non-finite (the loss of step s is that of the weights before its update)."""
+        if not torch.stack([p.isfinite().all() for p in self.model.parameters()]).all():
+            raise Diverged(f"the weights became non-finite in the update of step {s} (its loss was "
+                           f"{self.last['loss']:.4g})" if s > self.first_step else
+                           f"the weights are not finite at step {s}, before any update")
+
+    def probe(self, s: int, net: torch.nn.Module) -> None:
+        """Evaluate ``net`` on the plan's individuals of step ``s`` into the store."""
+        self.model.eval()
+        row = self.evaluate(net, self.eval_index[s], self.sampler.exposures)
+        self.model.train()
+        self.writer.append_eval(s, **row)
+        known = row["loss"][self.train_ids]
+        mask = ~np.isnan(known)
+        self.last["accuracy"] = float(row["correct"][self.train_ids][mask].mean()) if mask.any() else float("nan")
+
+    def save_resume(self, step: int, elapsed: float) -> None:
+        self.writer.flush()
+        checkpoints.save_resume(self.ckpt_dir, step, self.model, self.optimizer, self.generator,
+                                self.sampler.exposures, elapsed)
+
+    def summary(self, step: int, wall_s: float, status: str, timings: dict[str, float]) -> Summary:
+        return Summary(step, self.last["loss"], self.last["accuracy"], wall_s, status, dict(timings))
+
+
+class LossBlock:
+    """Per-step training losses of ``width`` runs trained together (one, or a pack's members),
+    kept on the device and handed to their stores in blocks of at most LOSS_BLOCK steps."""
+
+    def __init__(self, width: int, device: torch.device, start: int):
+        self.values = torch.zeros(LOSS_BLOCK, width, device=device)
+        self.start = start  # first train step (1-based, after its update) held
+        self.lrs: list[float] = []
+
+    def put(self, step: int, losses: torch.Tensor, lr: float) -> None:
+        """The loss (or losses, one per run) of the update of 0-based step ``step``."""
+        self.values[step - self.start] = losses
+        self.lrs.append(lr)
+
+    def full(self, step: int) -> bool:
+        return step - self.start == LOSS_BLOCK
+
+    def flush(self, upto: int, runs: list[Run]) -> dict[int, Diverged]:
+        """Hand the steps before ``upto`` to the runs' stores; the runs (by position) that diverged."""
+        k = upto - self.start
+        if k <= 0:
+            return {}
+        values = self.values[:k].cpu().numpy()
+        diverged = {i: err for i, run in enumerate(runs)
+                    if (err := run.record_losses(self.start + 1, values[:, i], self.lrs)) is not None}
+        self.start, self.lrs = upto, []
+        return diverged
+
+
+def stop_on_ctrl_c() -> tuple[threading.Event, object]:
+    """Ctrl-C honoured between steps, so a resume state is always that of a whole step: the event
+    it sets, and the handler it replaced (None off the main thread, where signals cannot be caught)."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return interrupted, None
+    return interrupted, signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+
+
+@contextmanager
+def timer(timings: dict[str, float], part: str):
+    started = time.perf_counter()
+    yield
+    timings[part] += time.perf_counter() - started
+
+
 def train(config: Config, out: Path, device: torch.device, resume: bool = False, progress: bool = True) -> Summary:
     """Train one run into ``out`` (config.toml, the store, checkpoints/); ``resume``: continue
     from the resume state in checkpoints/ (trainer/run.py decides when)."""
     setup_started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    world = build_world(config.world, config.seed)
-    bios = Biographies(world, device)
-    sampler = Sampler(build_stages(config.sampling, world, config.train.steps, config.train.batch_size), world.n, device)
-    plan = build_plan(config.eval, world, config.train.steps, config.seed)
-    model = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
-    if config.train.init_from:
-        checkpoints.load_weights(model, references.weights_file(config.train.init_from, -1, "train.init_from"),
-                                 "train.init_from")
-    reference = None
-    if config.patch.reference:  # built after the model, so the model's initial parameters are its twin's
-        reference = Transformer(config.model, len(world.vocab), world.seq_len).to(device)
-        checkpoints.load_weights(reference, references.weights_file(
-            config.patch.reference, config.patch.reference_step, "patch.reference_step"), "patch.reference_step")
-
-    def network(at: int) -> torch.nn.Module:
-        """What trains and is probed at step ``at``: the model, patched from ``patch.start`` on."""
-        return PatchedModel(model, reference) if reference is not None and at >= config.patch.start else model
-
-    optimizer = make_optimizer(model, config, fused=device.type == "cuda")
-    generator = torch.Generator(device).manual_seed(config.seed)
-    evaluate = Evaluator(world, bios, plan, config.eval.batch_size, config.eval.attention_probe, config.seed,
-                         dtype=probe_dtype(device))
-    ckpt_dir = out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    keep_weights = checkpoints.checkpoint_steps(config.train.steps, config.train.n_checkpoints)
-
-    step, elapsed = 0, 0.0
-    if resume:
-        step, elapsed = checkpoints.load_resume(ckpt_dir, model, optimizer, generator, sampler.exposures)
-        writer = logstore.RunWriter.resume(out / STORE_NAME, after_step=step)
-    else:
-        from trainer import __version__
-
-        writer = logstore.RunWriter.create(
-            out / STORE_NAME, individual=plan.order, split=world.split[plan.order], rank=world.rank[plan.order],
-            baseline=world.baseline, n_layers=model.n_layers, n_heads=model.n_heads, config=config.to_dict(),
-            package_version=__version__, attributes={  # what the trainer did, so analyses need not re-derive it
-                ATTR_STAGES: [st.describe() for st in sampler.stages], ATTR_CONDITIONS: config.conditions(),
-                ATTR_CONDITION_LABEL: config.condition_label()})
-
-    net = network(step)
-    train_step = make_train_step(net, optimizer, config, device, bios.pad)
-
-    losses = torch.zeros(LOSS_BLOCK, device=device)
-    block_start = step  # first train step (1-based, after its update) held in ``losses``
-    lrs: list[float] = []
-    last = {"loss": float("nan"), "accuracy": float("nan")}
-    eval_index = {int(s): i for i, s in enumerate(plan.steps)}
-    train_ids = world.split[plan.order] == "train"
+    run = Run(config, out, device, resume)
+    model, step = run.model, run.step
+    net = run.network(step)
+    optimizer = run.optimizer
+    train_step = make_train_step(net, optimizer, config, device, run.bios.pad)
+    block = LossBlock(1, device, step)
 
     def flush_losses(upto: int) -> None:
-        nonlocal block_start, lrs
-        k = upto - block_start
-        if k <= 0:
-            return
-        values = losses[:k].cpu().numpy()
-        writer.append_train(train_step=np.arange(block_start + 1, upto + 1, dtype=np.int64),
-                            train_loss=values.astype(np.float32), lr=np.asarray(lrs, np.float32))
-        bad = np.flatnonzero(~np.isfinite(values))
-        last["loss"] = float(values[-1])
-        block_start, lrs = upto, []
-        if len(bad):
-            raise Diverged(f"training loss became {values[bad[0]]} at step {block_start - k + bad[0] + 1}")
+        diverged = block.flush(upto, [run])
+        if diverged:
+            raise diverged[0]
 
     timings: dict[str, float] = defaultdict(float)
-
-    @contextmanager
-    def timed(part: str):
-        started = time.perf_counter()
-        yield
-        timings[part] += time.perf_counter() - started
-
-    def run_eval(s: int) -> None:
-        # A diverged model is never evaluated: not after a non-finite loss, nor after an update that
-        # made the weights non-finite (the loss of step s is that of the weights before its update).
-        flush_losses(s)
-        if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
-            raise Diverged(f"the weights became non-finite in the update of step {s} (its loss was {last['loss']:.4g})"
-                           if s > first_step else f"the weights are not finite at step {s}, before any update")
-        with timed("evaluations"):
-            probe(s)
-
-    def probe(s: int) -> None:
-        model.eval()
-        row = evaluate(net, eval_index[s], sampler.exposures)
-        model.train()
-        writer.append_eval(s, **row)
-        known = row["loss"][train_ids]
-        mask = ~np.isnan(known)
-        last["accuracy"] = float(row["correct"][train_ids][mask].mean()) if mask.any() else float("nan")
-
     timings["setup"] = time.perf_counter() - setup_started
-    start_time = setup_started - elapsed  # the run's wall time counts its setup (and earlier segments')
-    first_step = step
+    start_time = setup_started - run.elapsed  # the run's wall time counts its setup (and earlier segments')
     last_resume_save = time.perf_counter()
     bar = tqdm(total=config.train.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
                desc=out.name)
     status = "failed"
-    # Ctrl-C is honoured between steps, so the resume state is always that of a whole step.
-    interrupted = threading.Event()
-    previous_handler = None
-    if threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    interrupted, previous_handler = stop_on_ctrl_c()
     try:
         while True:
             if interrupted.is_set():
                 raise KeyboardInterrupt
-            if net is model and network(step) is not model:  # patching starts: a fresh optimiser state
-                net = network(step)
-                optimizer = make_optimizer(model, config, fused=device.type == "cuda")
-                train_step = make_train_step(net, optimizer, config, device, bios.pad)
-            if step in eval_index and (writer.last_step is None or step > writer.last_step):
-                run_eval(step)
-                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}", refresh=False)
-            if step in keep_weights:
-                with timed("checkpoints"):
-                    checkpoints.save_weights(model, checkpoints.weights_path(ckpt_dir, step), step)
+            if net is model and run.network(step) is not model:  # patching starts: a fresh optimiser state
+                net = run.network(step)
+                optimizer = run.optimizer = make_optimizer(model, config, fused=device.type == "cuda")
+                train_step = make_train_step(net, optimizer, config, device, run.bios.pad)
+            if run.evaluates(step):
+                flush_losses(step)
+                run.check_weights(step)
+                with timer(timings, "evaluations"):
+                    run.probe(step, net)
+                bar.set_postfix(loss=f"{run.last['loss']:.3f}", acc=f"{run.last['accuracy']:.3f}", refresh=False)
+            if step in run.keep_weights:
+                with timer(timings, "checkpoints"):
+                    checkpoints.save_weights(model, checkpoints.weights_path(run.ckpt_dir, step), step)
             if step == config.train.steps:
                 break
             if time.perf_counter() - last_resume_save > config.train.checkpoint_every_s:
                 flush_losses(step)
-                with timed("checkpoints"):
-                    writer.flush()
-                    checkpoints.save_resume(ckpt_dir, step, model, optimizer, generator, sampler.exposures,
-                                            time.perf_counter() - start_time)
+                with timer(timings, "checkpoints"):
+                    run.save_resume(step, time.perf_counter() - start_time)
                 last_resume_save = time.perf_counter()
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            individuals = sampler.sample(step, config.train.batch_size, generator)
-            batch = bios.assemble(individuals, *bios.random_layout(individuals, generator))
-            if step == first_step:
-                with timed("first_step"):
-                    losses[step - block_start] = train_step(batch.tokens)
-                    losses[step - block_start].item()  # wait for it: compilation and the first update
+            tokens = run.batch(step)
+            if step == run.first_step:
+                with timer(timings, "first_step"):
+                    block.put(step, train_step(tokens), lr)
+                    block.values[0].item()  # wait for it: compilation and the first update
             else:
-                losses[step - block_start] = train_step(batch.tokens)
-            lrs.append(lr)
+                block.put(step, train_step(tokens), lr)
             step += 1
             bar.update(1)
-            if step - block_start == LOSS_BLOCK:
+            if block.full(step):
                 flush_losses(step)
-                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}", refresh=False)
+                bar.set_postfix(loss=f"{run.last['loss']:.3f}", acc=f"{run.last['accuracy']:.3f}", refresh=False)
         flush_losses(step)
-        checkpoints.save_weights(model, ckpt_dir / checkpoints.FINAL, step)
+        checkpoints.save_weights(model, run.ckpt_dir / checkpoints.FINAL, step)
         status = "complete"
-        writer.close(status="complete")
+        run.writer.close(status="complete")
     except KeyboardInterrupt as err:
         try:  # leave a resumable run: losses and rows so far committed, the resume state current
             flush_losses(step)
-            writer.flush()
-            checkpoints.save_resume(ckpt_dir, step, model, optimizer, generator, sampler.exposures,
-                                    time.perf_counter() - start_time)
+            run.save_resume(step, time.perf_counter() - start_time)
         except BaseException as failed:  # a full disk, a diverged last block: the run failed
-            close_failed(writer, failed, step)
+            close_failed(run.writer, failed, step)
             raise
-        close_failed(writer, err, step, f"interrupted at step {step}; continue with --resume")
+        close_failed(run.writer, err, step, f"interrupted at step {step}; continue with --resume")
         raise
     except BaseException as err:
-        close_failed(writer, err, step)
+        close_failed(run.writer, err, step)
         raise
     finally:
         bar.close()
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
-    return Summary(step, last["loss"], last["accuracy"], time.perf_counter() - start_time, status, dict(timings))
+    return run.summary(step, time.perf_counter() - start_time, status, timings)

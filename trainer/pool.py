@@ -1,8 +1,10 @@
 """Running a sweep's runs: on a local pool of processes, or on an existing Dask cluster.
 
 Every run trains in a process of its own (``execute_run``: ``python -m trainer.run RUN_DIR``),
-which decides from the run folder what to do (trainer/run.py). The pools differ only in where
-that happens and how many at once:
+which decides from the run folder what to do (trainer/run.py); runs that can share a training
+step go to one process as a pack (``pack_runs``, trainer/pack.py), which trains them as one
+stacked model. The pools differ only in where that happens and how many at once (a pack counts
+as one):
 
 - ``LocalPool``: on the CPU, ``workers`` runs at once with ``cores // workers`` threads each
   (unless OMP_NUM_THREADS is set). On GPUs, ``runs_per_gpu`` runs per device at once (at
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from logstore import STORE_NAME, StoreError, check_store, committed_train_steps
 from trainer.config import ConfigError
+from trainer.pack import pack_key
 from trainer.run import resolve_device, run_state, stop_on_sigterm, write_config
 from trainer.sweep import RunSpec, Sweep, load_sweep
 
@@ -49,17 +52,20 @@ class Outcome:
     skipped: bool = False  # complete before this sweep started
 
 
-def execute_run(path: str, device: str, env: dict | None = None, should_stop=None, where: str = "") -> dict:
-    """Run ``python -m trainer.run PATH`` and wait. Returns {status, message, wall_s, where}.
+def execute_run(paths: list[str], device: str, env: dict | None = None, should_stop=None, where: str = "") -> list[dict]:
+    """Run ``python -m trainer.run PATH...`` (several paths: a pack) and wait. Returns one
+    {status, message, wall_s, where} per path.
 
     ``env`` is added to this process's environment (threads, visible GPU); ``should_stop``
-    is polled, and when it turns true the run gets SIGINT and saves its resume state.
+    is polled, and when it turns true the process gets SIGINT and saves every resume state.
+    The output goes to the first run's sweep.log, and is copied to the other runs' at the end.
     """
-    run = Path(path)
+    runs = [Path(p) for p in paths]
     where = where or socket.gethostname()
-    cmd = [sys.executable, "-m", "trainer.run", str(run), "--device", device]
+    cmd = [sys.executable, "-m", "trainer.run", *map(str, runs), "--device", device]
     start = time.perf_counter()
-    with open(run / LOG, "a") as log:
+    with open(runs[0] / LOG, "a") as log:
+        begin = log.tell()
         log.write(f"== {datetime.now().isoformat(timespec='seconds')} on {where}: {' '.join(cmd)}"
                   f"{'' if not env else ' with ' + ' '.join(f'{k}={v}' for k, v in env.items())}\n")
         log.flush()
@@ -76,17 +82,44 @@ def execute_run(path: str, device: str, env: dict | None = None, should_stop=Non
                 proc.send_signal(signal.SIGINT)
                 stopped = True
     wall = time.perf_counter() - start
+    if len(runs) > 1:
+        with open(runs[0] / LOG, "rb") as log:
+            log.seek(begin)
+            output = log.read()
+        for run in runs[1:]:
+            with open(run / LOG, "ab") as other:
+                other.write(output)
+    return [run_outcome(run, code, stopped, wall, where) for run in runs]
+
+
+def run_outcome(run: Path, code: int, stopped: bool, wall: float, where: str) -> dict:
+    """How the run in ``run`` ended, from its store, and its process's exit ``code``."""
     try:
         attrs = check_store(run / STORE_NAME)[1]
     except StoreError:
         attrs = {}
-    if code == 0 and attrs.get("status") == "complete":
+    if attrs.get("status") == "complete":  # a pack's process exits 1 when any member failed
         return {"status": "complete", "message": "", "wall_s": wall, "where": where}
     if stopped or code in (130, -signal.SIGINT):
         return {"status": "interrupted", "message": "its resume state is saved", "wall_s": wall, "where": where}
     message = attrs.get("reason") if attrs.get("status") == "failed" else None
     return {"status": "failed", "message": message or _last_line(run / LOG) or f"exit code {code}",
             "wall_s": wall, "where": where}
+
+
+def pack_runs(runs: list[RunSpec], size: int) -> list[list[RunSpec]]:
+    """``runs`` in packs of at most ``size`` that can share a training step (trainer/pack.py), in
+    order of their first run; a run that can share with none (a patched run) alone."""
+    groups: dict[tuple, list[RunSpec]] = {}
+    for run in runs:
+        groups.setdefault(pack_key(run.config) or (run.name,), []).append(run)
+    packs = [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+    return sorted(packs, key=lambda pack: runs.index(pack[0]))  # the sweep's order, as runs alone go
+
+
+def default_pack(device: str) -> int:
+    """Runs per pack when neither the sweep file nor --pack says: see docs/trainer.md, "Packs"."""
+    return 1 if device == "cpu" else 8
 
 
 def _last_line(path: Path) -> str:
@@ -135,25 +168,25 @@ class LocalPool:
         self._stop = threading.Event()
         self._executor = ThreadPoolExecutor(len(slots), thread_name_prefix="phasefit-run")
 
-    def _run(self, path: str) -> dict:
+    def _run(self, paths: list[str]) -> list[dict]:
         if self._stop.is_set():
-            return {"status": "interrupted", "message": "not started"}
+            return [{"status": "interrupted", "message": "not started"}] * len(paths)
         with self._lock:
             env = self._free.pop()
         try:
-            return execute_run(path, self.device, env, self._stop.is_set, where=f"local {self.device}")
+            return execute_run(paths, self.device, env, self._stop.is_set, where=f"local {self.device}")
         finally:
             with self._lock:
                 self._free.append(env)
 
-    def submit(self, run):
-        return self._executor.submit(self._run, str(run.path))
+    def submit(self, pack: list[RunSpec]):
+        return self._executor.submit(self._run, [str(run.path) for run in pack])
 
-    def outcome(self, future, run):
+    def outcome(self, future, pack: list[RunSpec]) -> list[Outcome]:
         try:
-            return Outcome(run.name, **future.result())
-        except Exception as err:  # an error in this process, not in the run's
-            return Outcome(run.name, "failed", f"{type(err).__name__}: {err}")
+            return [Outcome(run.name, **o) for run, o in zip(pack, future.result())]
+        except Exception as err:  # an error in this process, not in the runs'
+            return [Outcome(run.name, "failed", f"{type(err).__name__}: {err}") for run in pack]
 
     def stop(self) -> None:
         """Ask every running run to save its resume state and stop (SIGINT)."""
@@ -163,14 +196,14 @@ class LocalPool:
         self._executor.shutdown(wait=wait, cancel_futures=True)
 
 
-def dask_task(path: str, device: str, stop_event: str) -> dict:
-    """One run as a Dask task: train it in a process of its own on this worker."""
+def dask_task(paths: list[str], device: str, stop_event: str) -> list[dict]:
+    """One run (or pack) as a Dask task: train it in a process of its own on this worker."""
     from distributed import Event, get_worker
 
     worker = get_worker()
     event = Event(stop_event)
     if event.is_set():  # the sweep was interrupted before this task started
-        return {"status": "interrupted", "message": "not started", "where": f"dask worker {worker.address}"}
+        return [{"status": "interrupted", "message": "not started", "where": f"dask worker {worker.address}"}] * len(paths)
     checked = [0.0]
 
     def should_stop() -> bool:
@@ -182,7 +215,7 @@ def dask_task(path: str, device: str, stop_event: str) -> dict:
         except Exception:  # the client went away: keep training, the run stays resumable
             return False
 
-    return execute_run(path, device, None, should_stop, where=f"dask worker {worker.address}")
+    return execute_run(paths, device, None, should_stop, where=f"dask worker {worker.address}")
 
 
 class DaskPool:
@@ -210,15 +243,17 @@ class DaskPool:
             echo(f"dask: {len(workers)} workers at {address}, none declares a GPU resource "
                  "(dask worker --resources GPU=1); runs go to any worker thread")
 
-    def submit(self, run):
-        return self.client.submit(dask_task, str(run.path.resolve()), self.device, f"phasefit-stop-{self.tag}",
-                                  key=f"phasefit-run-{run.name}-{self.tag}", resources=self.resources, pure=False)
+    def submit(self, pack: list[RunSpec]):
+        name = pack[0].name + (f"-and-{len(pack) - 1}" if len(pack) > 1 else "")
+        return self.client.submit(dask_task, [str(run.path.resolve()) for run in pack], self.device,
+                                  f"phasefit-stop-{self.tag}", key=f"phasefit-run-{name}-{self.tag}",
+                                  resources=self.resources, pure=False)
 
-    def outcome(self, future, run):
+    def outcome(self, future, pack: list[RunSpec]) -> list[Outcome]:
         try:
-            return Outcome(run.name, **future.result())
+            return [Outcome(run.name, **o) for run, o in zip(pack, future.result())]
         except Exception as err:  # the task itself failed: a worker lost too often, a cancellation
-            return Outcome(run.name, "failed", f"on the cluster: {type(err).__name__}: {err}")
+            return [Outcome(run.name, "failed", f"on the cluster: {type(err).__name__}: {err}") for run in pack]
 
     def stop(self) -> None:
         from distributed import Event
@@ -237,11 +272,13 @@ def open_pool(sweep, *, workers: int, scheduler: str | None, device: str, echo=p
 
 
 def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, device: str = "auto",
-              progress: bool | None = None, echo=print) -> list[Outcome]:
+              progress: bool | None = None, echo=print, pack: int | None = None) -> list[Outcome]:
     """Run every run of the sweep that is not complete; return one Outcome per run, in order.
 
     Locally: ``workers`` processes on the CPU, or on GPUs ``runs_per_gpu`` runs per device (at
     least ``workers`` in all). With ``scheduler``: each run is a task on that Dask cluster.
+    Runs that can share a step train as packs of at most ``pack`` (else the sweep's ``pack``,
+    else ``default_pack`` of the device), a pack in one process (or task) as one run would.
     A failed run is reported and does not stop the others. Ctrl-C asks every running run to
     save its resume state and stop; the same sweep run again continues where it stopped.
     """
@@ -268,6 +305,7 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, d
 
     # The pool first: a bad --device or an unreachable --scheduler writes no run folder.
     pool = open_pool(sweep, workers=workers, scheduler=scheduler, device=device, echo=echo)
+    size = pack or sweep.pack or default_pack(pool.device)
     try:
         for run in todo:
             write_config(run.config, run.path)  # the same file ``phasefit train`` writes
@@ -297,6 +335,7 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, d
 
     try:
         while waiting or active:
+            ready = []
             for run in list(waiting):
                 deps = [outcomes.get(d) for d in run.needs]
                 if any(d is not None and d.status != "complete" for d in deps):
@@ -305,13 +344,16 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, d
                     finish(run, Outcome(run.name, "failed", f"needs run {bad}, which did not complete"))
                 elif all(d is not None for d in deps):
                     waiting.remove(run)
-                    active[pool.submit(run)] = run
+                    ready.append(run)
+            for group in pack_runs(ready, size):
+                active[pool.submit(group)] = group
             for future in [f for f in active if f.done()]:
-                run = active.pop(future)
-                finish(run, pool.outcome(future, run))
+                group = active.pop(future)
+                for run, outcome in zip(group, pool.outcome(future, group)):
+                    finish(run, outcome)
             now = time.monotonic()
             if now - last_poll > 2.0 or not active:
-                for run in active.values():
+                for run in (run for group in active.values() for run in group):
                     steps_of[run.name] = committed_train_steps(run.path)
                 last_poll = now
                 bar.n = min(total, sum(steps_of.values()))
@@ -321,13 +363,14 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, scheduler: str | None = None, d
             time.sleep(0.2)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (sweep_from_cli)
         # The runs training now (a local pool's queued runs are not; a Dask future cannot tell).
-        n = sum(1 for f in active if not hasattr(f, "running") or f.running())
+        n = sum(len(group) for f, group in active.items() if not hasattr(f, "running") or f.running())
         echo(f"sweep {sweep.name}: interrupted; waiting for {n} running run{'s' * (n != 1)} to save their state "
              "(Ctrl-C again to abandon them)")
         pool.stop()
         try:
-            for future, run in list(active.items()):
-                finish(run, pool.outcome(future, run))
+            for future, group in list(active.items()):
+                for run, outcome in zip(group, pool.outcome(future, group)):
+                    finish(run, outcome)
         except KeyboardInterrupt:
             abandoned = True
     finally:
@@ -350,17 +393,19 @@ def summarise(sweep: Sweep, outcomes: list[Outcome]) -> str:
 
 
 def sweep_from_cli(sweep_path: str, out: str | None = "runs", workers: int = 1, scheduler: str | None = None,
-                   device: str = "auto") -> int:
+                   device: str = "auto", pack: int | None = None) -> int:
     """Entry point of ``phasefit sweep``: 0 when every run is complete, 1 when some failed,
     130 when interrupted by Ctrl-C or SIGTERM (run the same command again to continue)."""
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
+    if pack is not None and pack < 1:
+        raise ConfigError(f"--pack {pack}: must be at least 1 (1: every run alone)")
     blocking = next((p for p in [Path(out or "runs"), *Path(out or "runs").parents] if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
     sweep = load_sweep(sweep_path, out or "runs")
     stop_on_sigterm()  # a scheduler's stop or a kill: the runs save their state, as on Ctrl-C
-    outcomes = run_sweep(sweep, workers=workers, scheduler=scheduler, device=device)
+    outcomes = run_sweep(sweep, workers=workers, scheduler=scheduler, device=device, pack=pack)
     print(summarise(sweep, outcomes))
     if any(o.status == "interrupted" for o in outcomes):
         print(f"phasefit: sweep interrupted; continue with: phasefit sweep {sweep_path} --out {out or 'runs'}")

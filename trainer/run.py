@@ -2,8 +2,9 @@
 
 A run folder holds config.toml (the resolved config), the store (logstore.STORE_NAME) and
 checkpoints/. ``phasefit train`` (``train_from_cli``) and a sweep's worker process
-(``python -m trainer.run RUN_DIR [--device D]``, ``main``) both come here, so what a folder's
-state allows, and what a diverged, out-of-memory or interrupted run means, is written once.
+(``python -m trainer.run RUN_DIR... [--device D]``, ``main``; several folders train as packs)
+both come here, so what a folder's state allows, and what a diverged, out-of-memory or
+interrupted run means, is written once.
 """
 
 from __future__ import annotations
@@ -202,26 +203,46 @@ def how_to_continue(path: Path) -> str:
 
 def train_folder(path: Path, config: Config, device: torch.device, resume: bool,
                  progress: bool | None = False) -> tuple[int, str]:
-    """Train the prepared run in ``path``: (exit code, what to print). The one place that says
-    what a diverged loss, running out of GPU memory or disk, and Ctrl-C (or SIGTERM) mean."""
+    """Train the prepared run in ``path``: (exit code, what to print)."""
+    return train_folders([path], [config], device, [resume], progress)[0]
+
+
+def train_folders(paths: list[Path], configs: list[Config], device: torch.device, resume: list[bool],
+                  progress: bool | None = False) -> list[tuple[int, str]]:
+    """Train prepared runs, one alone or several as a pack (trainer/pack.py): (exit code, what to
+    print) for each. The one place that says what a diverged loss, running out of GPU memory or
+    disk, and Ctrl-C (or SIGTERM) mean."""
     from trainer.loop import Diverged, train
+    from trainer.pack import train_pack
 
     try:
-        summary = train(config, path, device, resume=resume, progress=progress)
-    except Diverged as err:
-        return 1, f"phasefit: {path}: failed: {err} (the store is marked failed and stays readable)"
+        if len(paths) == 1:
+            results = [train(configs[0], paths[0], device, resume=resume[0], progress=progress)]
+        else:
+            results = train_pack(configs, paths, device, resume, progress=progress)
+    except Diverged as err:  # a run alone (a pack's members fail one by one, below)
+        results = [err]
     except (CheckpointError, StoreError, OSError) as err:  # a full disk, a folder gone read-only
-        return 1, f"phasefit: {path}: failed: {err}; {how_to_continue(path)}"
+        return [(1, f"phasefit: {path}: failed: {err}; {how_to_continue(path)}") for path in paths]
     except torch.cuda.OutOfMemoryError:
-        b = config.train.batch_size
-        return 2, (f"phasefit: error: {path}: out of GPU memory at train.batch_size={b}, eval.batch_size="
-                   f"{config.eval.batch_size}; try --set train.batch_size={max(1, b // 2)} or a smaller eval.batch_size")
-    except KeyboardInterrupt:  # the loop saved the resume state, if it had started, before it let this through
-        return 130, f"phasefit: {path}: interrupted; {how_to_continue(path)}"
-    rate = summary.steps / summary.wall_s if summary.wall_s else float("nan")
-    parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in summary.timings.items())
-    return 0, (f"{path}: {summary.status}, {summary.steps} steps in {summary.wall_s:.1f} s ({rate:.1f} steps/s), "
-               f"final train loss {summary.final_loss:.3f}, accuracy {summary.final_accuracy:.3f} on trained facts\n"
+        b, k = configs[0].train.batch_size, len(paths)
+        hint = f"a smaller pack than {k} (--pack), or " if k > 1 else ""
+        return [(2, f"phasefit: error: {path}: out of GPU memory at train.batch_size={b}, eval.batch_size="
+                    f"{configs[0].eval.batch_size}{f' in a pack of {k}' if k > 1 else ''}; try {hint}"
+                    f"--set train.batch_size={max(1, b // 2)} or a smaller eval.batch_size") for path in paths]
+    except KeyboardInterrupt:  # the loop saved the resume states, if it had started, before it let this through
+        return [(130, f"phasefit: {path}: interrupted; {how_to_continue(path)}") for path in paths]
+    return [finished(path, result) for path, result in zip(paths, results)]
+
+
+def finished(path: Path, result) -> tuple[int, str]:
+    """(exit code, line) of a run that trained to its end (a Summary) or diverged (a Diverged)."""
+    if isinstance(result, Exception):
+        return 1, f"phasefit: {path}: failed: {result} (the store is marked failed and stays readable)"
+    rate = result.steps / result.wall_s if result.wall_s else float("nan")
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in result.timings.items())
+    return 0, (f"{path}: {result.status}, {result.steps} steps in {result.wall_s:.1f} s ({rate:.1f} steps/s), "
+               f"final train loss {result.final_loss:.3f}, accuracy {result.final_accuracy:.3f} on trained facts\n"
                f"  of which {parts}")
 
 
@@ -263,53 +284,72 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
-def train_run(path: Path, device: str) -> int:
-    """Bring the run in ``path`` to completion (a sweep's worker process); returns an exit code.
+def train_runs(paths: list[Path], device: str) -> int:
+    """Bring the runs in ``paths`` to completion (a sweep's worker process), those that can share
+    a step as packs; returns the worst exit code.
 
-    Decided here, when the run starts, rather than when the sweep is planned, so that a task
+    Decided here, when the runs start, rather than when the sweep is planned, so that a task
     a Dask cluster reschedules (a worker lost mid-run) resumes instead of starting again:
     nothing if complete, resume from a saved state, start over a store without one.
     """
-    state, how = run_state(path)
-    if state == "complete":
-        print(f"{path}: already complete")
-        return 0
-    if state == "busy":
-        print(f"phasefit: {how}")
-        return 3
-    if state == "damaged":
-        print(f"phasefit: error: {how}")
-        return 2
-    config = from_dict(read_toml(path / "config.toml"), str(path / "config.toml"))
-    check_references(config)
+    from trainer.checkpoints import saved_step
+    from trainer.pack import pack_key
+
     dev = resolve_device(device)
-    resume = how == "resume"
-    if resume:
-        check_recorded_config(config, path)
-        check_writable(path)
-    elif state == "partial":  # no resume state (killed before its first one): start over
-        start_over(config, path)
-    print(f"{path}: {'resuming' if resume else 'starting'} on {dev} ({torch.get_num_threads()} CPU threads)", flush=True)
-    code, line = train_folder(path, config, dev, resume)
-    print(line)
-    return code
+    codes, packs = [], {}
+    for path in paths:
+        state, how = run_state(path)
+        if state == "complete":
+            print(f"{path}: already complete")
+            codes.append(0)
+            continue
+        if state in ("busy", "damaged"):
+            print(f"phasefit: {how}" if state == "busy" else f"phasefit: error: {how}")
+            codes.append(3 if state == "busy" else 2)
+            continue
+        try:
+            config = from_dict(read_toml(path / "config.toml"), str(path / "config.toml"))
+            check_references(config)
+            resume = how == "resume"
+            if resume:
+                check_recorded_config(config, path)
+                check_writable(path)
+            elif state == "partial":  # no resume state (killed before its first one): start over
+                start_over(config, path)
+            start = saved_step(path / "checkpoints") if resume else 0
+        except (ConfigError, StoreError) as err:  # bad input: one line, and the other runs go on
+            print(f"phasefit: error: {err}")
+            codes.append(2)
+            continue
+        key = (start, pack_key(config)) if pack_key(config) else (path,)  # runs that cannot share a step: alone
+        packs.setdefault(key, []).append((path, config, resume))
+    for members in packs.values():
+        along = f", in a pack of {len(members)}" if len(members) > 1 else ""
+        for path, _, resume in members:
+            print(f"{path}: {'resuming' if resume else 'starting'} on {dev} ({torch.get_num_threads()} CPU threads"
+                  f"{along})", flush=True)
+        paths_, configs, resume = map(list, zip(*members))
+        for code, line in train_folders(paths_, configs, dev, resume):
+            print(line)
+            codes.append(code)
+    return max(codes, default=0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.run",
-                                     description="Train one run folder to completion (a sweep's worker process).")
-    parser.add_argument("run_dir")
+    parser = argparse.ArgumentParser(prog="python -m trainer.run", description="Train run folders to completion "
+                                     "(a sweep's worker process), those that can share a step as packs.")
+    parser.add_argument("run_dir", nargs="+")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     stop_on_sigterm()
     try:
-        code = train_run(Path(args.run_dir), args.device)
+        code = train_runs([Path(p) for p in args.run_dir], args.device)
     except (ConfigError, StoreError) as err:  # bad input: one line
         print(f"phasefit: error: {err}")
         code = 2
     except Exception as err:  # the traceback in the log, its last line for the sweep's report
         traceback.print_exc(file=sys.stdout)
-        print(f"phasefit: {args.run_dir}: failed: {type(err).__name__}: {err}")
+        print(f"phasefit: {' '.join(args.run_dir)}: failed: {type(err).__name__}: {err}")
         code = 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late second Ctrl-C must not garble the exit
     return code

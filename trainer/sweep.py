@@ -4,6 +4,7 @@ A sweep file names a base config and the conditions to vary (docs/sweeps.md):
 
     base = "../paper.toml"          # relative to the sweep file
     seeds = [0, 1, 2]               # every condition once per seed
+    pack = 4                        # runs that can share a step train as packs of at most 4
     [set]                           # overrides for every run
     "train.steps" = 16000
     [grid]                          # the runs are the cartesian product of these axes
@@ -28,7 +29,7 @@ from logstore.schema import flatten_config as flatten
 from trainer.config import SECTIONS, Config, ConfigError, from_dict, read_toml
 from trainer.references import check_references
 
-SWEEP_KEYS = ("name", "base", "seeds", "runs_per_gpu", "set", "grid", "include")
+SWEEP_KEYS = ("name", "base", "seeds", "runs_per_gpu", "pack", "set", "grid", "include")
 # Short names of the conditions in run names; other keys use their last part.
 SHORT = {"world.n_individuals": "N", "world.n_heldout": "heldout", "world.n_finetune": "new", "sampling.kind": "",
          "sampling.celebrities": "celebs", "sampling.celebrity_weight": "x", "sampling.warmup_individuals": "warm",
@@ -54,6 +55,7 @@ class Sweep:
     folder: Path  # OUT/NAME: where the runs live
     runs: list[RunSpec]
     runs_per_gpu: int = 1
+    pack: int | None = None  # runs per pack at most (None: the device's default, trainer/pool.py)
 
     def run(self, name: str) -> RunSpec:
         return next(r for r in self.runs if r.name == name)
@@ -157,9 +159,10 @@ def load_sweep(path: str | Path, out: str | Path = "runs") -> Sweep:
         raise ConfigError(f"{source}: seeds: expected a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{source}: seeds: {seeds} repeats a seed")
-    runs_per_gpu = doc.get("runs_per_gpu", 1)
-    if not isinstance(runs_per_gpu, int) or isinstance(runs_per_gpu, bool) or runs_per_gpu < 1:
-        raise ConfigError(f"{source}: runs_per_gpu: expected an integer >= 1, got {runs_per_gpu!r}")
+    for key in ("runs_per_gpu", "pack"):
+        value = doc.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{source}: {key}: expected an integer >= 1, got {value!r}")
     common = _overrides(doc.get("set", {}), f"{source}: set")
     common.pop("label", None)
     folder = Path(out) / name
@@ -188,7 +191,7 @@ def load_sweep(path: str | Path, out: str | Path = "runs") -> Sweep:
         except ConfigError as err:
             raise ConfigError(f"{source} [{run.name}]: {err}") from None
     _check_no_cycle(runs, source)
-    return Sweep(name, source, folder, runs, runs_per_gpu)
+    return Sweep(name, source, folder, runs, doc.get("runs_per_gpu", 1), doc.get("pack"))
 
 
 REFERENCES = (("train", "init_from"), ("patch", "reference"))  # keys that name another run

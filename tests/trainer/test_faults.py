@@ -285,11 +285,11 @@ def test_a_sweep_interrupted_counts_only_the_runs_that_are_running(tmp_path, mon
     path.write_text(f'base = "{TINY}"\nseeds = [0, 1]\n')
     started, real_sleep = threading.Event(), time.sleep
 
-    def run(path, device, env=None, should_stop=None, where=""):
+    def run(paths, device, env=None, should_stop=None, where=""):
         started.set()
         while not should_stop():
             threading.Event().wait(0.01)
-        return {"status": "interrupted", "message": "its resume state is saved", "wall_s": 0.0, "where": where}
+        return [{"status": "interrupted", "message": "its resume state is saved", "wall_s": 0.0, "where": where}]
 
     def sleep(seconds):  # the sweep's loop: Ctrl-C once the first run trains, the second waiting for a worker
         if started.is_set() and threading.current_thread() is threading.main_thread():
