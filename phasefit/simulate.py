@@ -154,7 +154,7 @@ def simulate(
     # Falls start log-uniformly on [t2, t3] shifted back by half a fall, so the expected curve
     # is a broken line with corners at t2 and t3, rounded over fact_width.
     span = np.log(t3) - np.log(t2)
-    log_acq = np.where(acquired, np.log(t2) - fact_width / 2 + u / final_accuracy * span, np.inf)
+    log_acq = np.where(acquired, np.log(t2) - fact_width / 2 + u / max(final_accuracy, 1e-12) * span, np.inf)
     true_acq = np.full((n_total, n_a), np.nan)  # a fact turns correct half-way down its fall
     true_acq[:n_individuals] = np.where(acquired, np.exp(log_acq + fact_width / 2), np.nan)
 
