@@ -168,6 +168,11 @@ def _departure(x, Y, start, first, level0, end, tol, iterations: int, min_trend:
         ad, bd = _line(x[None], Y, drop, 2, np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             meet = (ad - a) / (b - bd)
+        # The drop cannot start before an evaluation that lies on the plateau's line rather than
+        # the drop's (a sudden step followed by a slow fall extrapolates far back).
+        on_plateau = plateau_points & (np.abs(Y - plateau) < np.abs(Y - (ad[:, None] + bd[:, None] * x[None])))
+        latest = np.where(on_plateau.any(axis=1), x[n - 1 - on_plateau[:, ::-1].argmax(axis=1)], -np.inf)
+        meet = np.maximum(meet, latest)
         cornered = np.isfinite(meet) & (bd < b) & (meet <= below)
         onset = np.where(cornered, meet, cross)
     return {"left": left, "onset": onset, "level": a, "trend": b,

@@ -45,14 +45,19 @@ def test_the_demo_measures_a_plateau_that_grows_with_n_and_shrinks_under_a_power
             series = [plateau[kind, n] for n in sizes]
             assert all(v is not None and v > 0 for v in series), (kind, series)
             assert all(a < b for a, b in zip(series, series[1:])), f"{kind}: plateau {series} for N = {sizes}"
-    for n in sizes:
-        assert detected["power_law", n] < detected["uniform", n], (n, detected)
+    # Shorter under the power law: in the store's plain reading at the largest N. phasefit's
+    # reading of one seed per condition need not agree at every N (the intervals overlap and
+    # the demo says it cannot separate conditions from seed noise): each verdict printed is the
+    # one its phases.json values give.
     assert measured["power_law", sizes[-1]] < measured["uniform", sizes[-1]], measured
 
     # What the user sees: the phase table, the findings, and where the report is.
     assert "plateau [95% CI]" in proc.stdout
-    assert "plateau grows with N, uniform: yes" in proc.stdout
-    assert "shorter under the power law" in proc.stdout and ": NO:" not in proc.stdout
+    assert "plateau grows with N, uniform: yes" in proc.stdout and "plateau grows with N, power_law: yes" in proc.stdout
+    for n in sizes:
+        verdict = "yes" if detected["power_law", n] < detected["uniform", n] else "NO"
+        assert f"shorter under the power law, N={n}: {verdict}:" in proc.stdout
+    assert "cannot show seed-to-seed spread" in proc.stdout
     index = out / "report" / "index.html"
     assert index.exists() and str(index) in proc.stdout
 

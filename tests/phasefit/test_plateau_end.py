@@ -53,6 +53,20 @@ def test_the_noise_free_t2_and_onset_are_the_corners_of_the_expected_curves(n_ev
         assert onset(expected_curve(ds, "heldout")).onset == pytest.approx(true_t2, rel=0.005), seed
 
 
+def test_a_sudden_step_then_a_slow_fall_ends_the_plateau_at_the_step():
+    # A real run's shape (the demo's N = 700 power-law run): the loss sits at B to step 533,
+    # is 7% lower at 567 and then falls slowly. The slow fall's line meets B far back (at 162,
+    # before t1); the drop cannot start before an evaluation that lies on the plateau.
+    step = np.array([0, 2, 7, 14, 28, 55, 100, 133, 167, 200, 233, 267, 300, 333, 367, 400, 433, 467, 500, 533,
+                     567, 600, 633, 667, 700, 733, 767, 800], dtype=float)
+    x = np.log1p(step)
+    fall = B * (1 + 2.5 * np.clip(1 - x / np.log1p(200), 0, None))
+    slow = B * (0.93 - 0.2 * (x - np.log1p(567)))
+    loss = np.where(step <= 533, fall, slow)
+    found = ThresholdDetector(smooth=1).fit(Curve(step, loss, B)).boundaries_
+    assert 533 <= found.t2 <= 567, found
+
+
 def test_one_spike_back_at_the_baseline_does_not_move_t2():
     step = evaluation_steps(RUN, 60).astype(float)
     loss = drifting_line(step, 0.0)
