@@ -11,6 +11,7 @@ import numpy as np
 from logstore.chunks import ArrayReader
 from logstore.durable import PARTIAL_SUFFIX
 from logstore.schema import (
+    ADDED_LATER,
     ATTR_CHECKSUMS,
     COORDINATES,
     SCHEMA_VERSION,
@@ -100,6 +101,8 @@ def load_metadata(path: str | os.PathLike) -> tuple[Path, dict, dict[str, dict]]
     for name, var in VARIABLES.items():
         file = root / name / "zarr.json"
         if not file.is_file():  # checked even when consolidated metadata lists it
+            if name in ADDED_LATER:
+                continue
             raise StoreError(f"{root}: array '{name}' is missing")
         meta = consolidated.get(name)
         if meta is None:

@@ -151,6 +151,8 @@ def _dataset(root: Path, attrs: dict, metas: dict, rows: dict[str, int], reader=
 
     data = {}
     for name, var in DATA_VARIABLES.items():
+        if name not in metas:  # ADDED_LATER, absent from an older store
+            continue
         shape = tuple(metas[name]["shape"])
         shape = (rows.get(var.dims[0], shape[0]), *shape[1:])
         if name == "correct":  # stored False where not evaluated: masked here, with loss

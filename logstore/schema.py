@@ -75,6 +75,7 @@ DATA_VARIABLES: dict[str, Variable] = {
     "entropy": Variable(FACT, "float32", np.nan, {"long_name": "predictive entropy at the value's first token", "units": "nats"}),
     "exposures": Variable(("step", "individual"), "int32", 0, {"long_name": "biographies of this individual trained on so far"}),
     "baseline": Variable(("attribute",), "float64", np.nan, {"long_name": "no-knowledge loss", "units": "nats"}),
+    "chance_accuracy": Variable(("attribute",), "float64", np.nan, {"long_name": "no-knowledge accuracy (chance level)"}),
     "train_loss": Variable(("train_step",), "float32", np.nan, {"long_name": "mean token loss of the training step", "units": "nats"}),
     "lr": Variable(("train_step",), "float32", np.nan, {"long_name": "learning rate"}),
     "attn_name_to_name": Variable(ATTENTION, "float32", np.nan, {"long_name": "attention signature: name to name"}),
@@ -83,6 +84,9 @@ DATA_VARIABLES: dict[str, Variable] = {
 }
 
 VARIABLES: dict[str, Variable] = {**COORDINATES, **DATA_VARIABLES}
+# Variables added to schema_version 1 after its first stores: a store without them still opens
+# (readers leave them out, a resumed writer does without).
+ADDED_LATER = ("chance_accuracy",)
 
 # The per-fact variables, written in step blocks (correct, top_prob, entropy mean nothing where loss is NaN).
 FACT_VARIABLES = ("loss", "correct", "top_prob", "entropy")

@@ -30,6 +30,7 @@ from logstore.blocks import StepBlock
 from logstore.checks import check_store, verify_store
 from logstore.durable import DurableStore, WriterLock, fsync_dir, remove_partial_files, scan_checksums
 from logstore.schema import (
+    ADDED_LATER,
     ATTENTION_VARIABLES,
     ATTR_CHECKSUMS,
     ATTRIBUTES,
@@ -81,7 +82,7 @@ class RunWriter:
         self._store = store
         self._lock = lock
         self._group = zarr.open_group(store, mode="r+", use_consolidated=False)
-        self._arrays = {name: self._group[name] for name in VARIABLES}
+        self._arrays = {name: self._group[name] for name in VARIABLES if name not in ADDED_LATER}
         self._n = self._arrays["individual"].shape[0]
         self._attn_shape = self._arrays["attn_sharpness"].shape[1:]
         self._rows = self._committed = committed
@@ -113,6 +114,7 @@ class RunWriter:
         split: np.ndarray,
         rank: np.ndarray,
         baseline: np.ndarray,
+        chance_accuracy: np.ndarray | None = None,
         n_layers: int,
         n_heads: int,
         config: dict | str,
@@ -128,7 +130,8 @@ class RunWriter:
         ``individual`` (ids), ``split`` (train | heldout | finetune) and ``rank`` (-1 outside
         train) fix the store's order of individuals: put the densely evaluated ones first,
         so chunks of individuals not evaluated at a step are not written. ``baseline`` is
-        the no-knowledge loss per attribute, in nats, in ATTRIBUTES order; ``config`` the
+        the no-knowledge loss per attribute, in nats, in ATTRIBUTES order, and
+        ``chance_accuracy`` its accuracy (the chance level; None: unknown, stored NaN); ``config`` the
         resolved configuration (stored as JSON); ``attributes`` more group attributes (the
         trainer's stages, conditions and condition_label; values that are not strings are
         stored as JSON). ``fsync=False`` gives up durability
@@ -143,11 +146,12 @@ class RunWriter:
         split = np.asarray(split).astype(str)
         rank = np.asarray(rank, dtype=np.int64)
         baseline = np.asarray(baseline, dtype=np.float64)
+        chance = np.full(len(ATTRIBUTES), np.nan) if chance_accuracy is None else np.asarray(chance_accuracy, np.float64)
         n = len(individual)
         if individual.ndim != 1 or split.shape != (n,) or rank.shape != (n,):
             raise ValueError(f"individual, split and rank must all have shape ({n},)")
-        if baseline.shape != (len(ATTRIBUTES),):
-            raise ValueError(f"baseline must have one value per attribute {ATTRIBUTES}")
+        if baseline.shape != (len(ATTRIBUTES),) or chance.shape != (len(ATTRIBUTES),):
+            raise ValueError(f"baseline and chance_accuracy must have one value per attribute {ATTRIBUTES}")
         unknown = set(np.unique(split)) - set(SPLITS)
         if unknown:
             raise ValueError(f"unknown split(s) {sorted(unknown)}; expected one of {SPLITS}")
@@ -171,6 +175,7 @@ class RunWriter:
         arrays["rank"][:] = rank
         arrays["attribute"][:] = np.array(ATTRIBUTES)
         arrays["baseline"][:] = baseline
+        arrays["chance_accuracy"][:] = chance
         _update_attrs(group, {ATTR_CHECKSUMS: store.checksums()})
         store.sync()
         tmp.rename(root)
@@ -491,7 +496,7 @@ def reopen_store(root: Path, attrs: dict, after_step: int | None, fsync: bool) -
     checksums = attrs.get(ATTR_CHECKSUMS)
     store = DurableStore(root, fsync=fsync, checksums=checksums if isinstance(checksums, dict) else scan_checksums(root, VARIABLES))
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
-    missing = [name for name in VARIABLES if name not in group]
+    missing = [name for name in VARIABLES if name not in group and name not in ADDED_LATER]
     if missing:
         raise StoreError(f"{root}: array '{missing[0]}' is missing")
     committed = int(attrs["committed_steps"])

@@ -27,7 +27,7 @@ from phasefit.detectors.base import Detector
 from phasefit.hallucination import confidence_gap, onset, onsets
 from phasefit.rules import BOUNDARIES, T2_TOLS
 from phasefit.runs import RunInfo, open_run, run_info
-from phasefit.summary import Summary, population_curves, split_curve, summarise
+from phasefit.summary import Summary, chance_accuracy, population_curves, split_curve, summarise
 
 MIN_EVALUATIONS = 3  # fewer finite evaluations cannot show phases
 # What one run's intervals resample: its individuals and its step-to-step noise, not the seed.
@@ -60,6 +60,7 @@ class Phases:
     final_accuracy_ci: list | None = None
     final_loss: float | None = None
     baseline: float | None = None
+    chance_accuracy: float | None = None  # no-knowledge accuracy, mean over attributes
     hallucination_onset: float | None = None  # held-out loss above the baseline for good
     hallucination_onset_ci: list | None = None
     hallucination_lag: float | None = None  # onset - t2
@@ -203,6 +204,7 @@ def detect_run(ds: xr.Dataset, info: RunInfo, method: str | Detector = "auto", *
     (``analyse``); None when the run has too little to measure (the notes say why)."""
     baseline = float(np.mean(np.asarray(ds["baseline"].values, dtype=float))) if "baseline" in ds else None
     phases = Phases(run=info.name, status=info.status, method=getattr(method, "name", method), baseline=baseline,
+                    chance_accuracy=chance_accuracy(ds),
                     n_steps=info.n_steps, complete=info.status == "complete", conditions=dict(info.conditions),
                     condition_label=info.condition_label, config=info.config)
     n_eval = ds.sizes.get("step", 0)

@@ -183,3 +183,10 @@ def split_curve(ds: xr.Dataset, curves: xr.Dataset, split: str = "train") -> Cur
     k = splits.index(split)
     return Curve.clean(curves["step"].values, curves["mean_loss"].values[:, k], baseline,
                        curves["mean_accuracy"].values[:, k], n_steps)
+
+
+def chance_accuracy(ds: xr.Dataset) -> float | None:
+    """The no-knowledge accuracy (chance level), the mean over attributes as the curve's
+    accuracy is; None where the store does not record it (one written before it was)."""
+    values = np.asarray(ds["chance_accuracy"].values, dtype=float) if "chance_accuracy" in ds else np.array([np.nan])
+    return float(values.mean()) if np.isfinite(values).all() else None

@@ -108,12 +108,14 @@ def phase_layers(run: RunData, scale: str = "log", legend: bool = True) -> list[
     return layers
 
 
-def _baseline_rule(value: float | None, label: str = "baseline B") -> list[alt.Chart]:
+def _baseline_rule(value: float | None, label: str = "baseline B", unit: str = "nats",
+                   fmt: str = ".3f") -> list[alt.Chart]:
+    """A dashed level with its label at the right edge (none for a missing value)."""
     if value is None:
         return []
     frame = pd.DataFrame({"baseline": [value], "label": [label]})
     rule = alt.Chart(frame).mark_rule(strokeDash=[6, 4], color="black").encode(
-        y="baseline:Q", tooltip=["label:N", alt.Tooltip("baseline:Q", format=".3f", title="nats")])
+        y="baseline:Q", tooltip=["label:N", alt.Tooltip("baseline:Q", format=fmt, title=unit)])
     text = alt.Chart(frame).mark_text(align="right", baseline="bottom", dx=-2, dy=-2, fontSize=10).encode(
         y="baseline:Q", x=alt.value("width"), text="label:N")  # at the right edge, whatever the width
     return [rule, text]
@@ -140,7 +142,8 @@ def loss_chart(run, scale: str = "log", legend: bool = True) -> alt.LayerChart:
 
 
 def accuracy_chart(run, scale: str = "log", legend: bool = True) -> alt.LayerChart:
-    """Share of facts correct (every value token the argmax) against step, with the phases."""
+    """Share of facts correct (every value token the argmax) against step, with the phases and
+    the chance level (the no-knowledge model's accuracy, as the loss chart draws B)."""
     run = as_run(run)
     frame = _splits(compact(run.population))
     line = _chart(frame, scale).mark_line().encode(
@@ -148,7 +151,8 @@ def accuracy_chart(run, scale: str = "log", legend: bool = True) -> alt.LayerCha
         color=_split_color(frame, legend),
         tooltip=["individuals:N", alt.Tooltip("step:Q", format=",.0f"), alt.Tooltip("accuracy:Q", format=".1%"),
                  alt.Tooltip("facts_known:Q", format=",.0f", title="facts known")])
-    return alt.layer(*phase_layers(run, scale, legend), line).resolve_scale(color="independent").properties(
+    chance = _baseline_rule(run.phases.get("chance_accuracy"), "chance", "accuracy", ".1%")
+    return alt.layer(*phase_layers(run, scale, legend), line, *chance).resolve_scale(color="independent").properties(
         width=WIDTH, height=HEIGHT, title=f"Population accuracy ({scale} step)")
 
 

@@ -280,7 +280,8 @@ class Run:
 
             self.writer = logstore.RunWriter.create(
                 out / STORE_NAME, individual=plan.order, split=world.split[plan.order], rank=world.rank[plan.order],
-                baseline=world.baseline, n_layers=self.model.n_layers, n_heads=self.model.n_heads,
+                baseline=world.baseline, chance_accuracy=world.chance_accuracy, n_layers=self.model.n_layers,
+                n_heads=self.model.n_heads,
                 config=config.to_dict(), package_version=__version__, attributes={  # what the trainer did
                     ATTR_STAGES: [st.describe() for st in self.sampler.stages], ATTR_CONDITIONS: config.conditions(),
                     ATTR_CONDITION_LABEL: config.condition_label()})

@@ -5,7 +5,10 @@ ones (never trained on), then the fine-tuning population. Every individual has a
 name (first, middle, last: one token each) and one value per attribute, drawn uniformly and
 independently from that attribute's value set. Value sets are prefix-free at the token level,
 so the loss summed over a value's tokens is exactly -log p(value) and the no-knowledge
-baseline is exactly the entropy of the value distribution.
+baseline is exactly the entropy of the value distribution. The no-knowledge model's accuracy
+(a fact is correct when every value token is the argmax, trainer/probes.py) is exactly
+1 / the number of values: read token by token, the most probable continuation of a prefix-free
+value set leads to one value, of probability 1 / the number of values.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ class World:
     train_templates: np.ndarray  # (n, A, K - n_eval) int64 templates used in training
     eval_templates: np.ndarray  # (n, A, n_eval) int64 templates kept for evaluation
     baseline: np.ndarray  # (A,) float64 no-knowledge loss in nats
+    chance_accuracy: np.ndarray  # (A,) float64 no-knowledge accuracy (chance level)
     longest_value: np.ndarray  # (A,) int64 tokens in the longest value each attribute can take
 
     @property
@@ -207,11 +211,11 @@ def build_world(w: WorldConfig, seed: int) -> World:
     rank = np.full(n, -1, np.int64)
     rank[:n_train] = np.random.default_rng([seed, 20]).permutation(n_train)
 
-    baseline = np.array([np.log(31 * 12 * len(years)) if a == "birth_date" else np.log(len(sets[a]))
-                         for a in ATTRIBUTES])
+    n_values = np.array([31 * 12 * len(years) if a == "birth_date" else len(sets[a]) for a in ATTRIBUTES])
+    baseline, chance_accuracy = np.log(n_values), 1 / n_values
     longest_value = np.array([3] + [max(len(t) for t in options[a]) for a in ATTRIBUTES[1:]])
     return World(vocab, split, rank, names, values, value_tokens, value_len, codes,
-                 train_templates, eval_templates, baseline, longest_value)
+                 train_templates, eval_templates, baseline, chance_accuracy, longest_value)
 
 
 def _template_codes(index: dict[str, int], n_templates: int, max_value: int) -> np.ndarray:

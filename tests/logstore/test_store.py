@@ -278,6 +278,31 @@ def test_a_path_that_is_not_a_store(tmp_path):
         assert str(tmp_path / path) in str(err.value)
 
 
+def test_chance_accuracy_round_trips_and_stores_written_before_it_still_open_and_resume(tmp_path):
+    chance = 1 / np.arange(2, 8)
+    ds = open_run(write_run(tmp_path / "new" / "metrics.zarr", [10], chance_accuracy=chance))
+    np.testing.assert_array_equal(ds.chance_accuracy.values, chance)
+    assert ds.chance_accuracy.dims == ("attribute",) and "chance" in ds.chance_accuracy.attrs["long_name"]
+    assert np.isnan(open_run(write_run(tmp_path / "unknown" / "metrics.zarr", [10])).chance_accuracy.values).all()
+    with pytest.raises(ValueError, match="one value per attribute"):
+        create(tmp_path / "bad" / "metrics.zarr", chance_accuracy=[0.5])
+
+    # A store as written before the variable existed: no array, no metadata, no checksums of it.
+    old = write_run(tmp_path / "old" / "metrics.zarr", [10, 20], status="failed", chance_accuracy=chance)
+    shutil.rmtree(old / "chance_accuracy")
+    doc = json.loads((old / "zarr.json").read_text())
+    del doc["consolidated_metadata"]["metadata"]["chance_accuracy"]
+    del doc["attributes"]["chunk_checksums"]["chance_accuracy"]
+    (old / "zarr.json").write_text(json.dumps(doc))
+    assert "chance_accuracy" not in open_run(old)
+    w = RunWriter.resume(old, fsync=False)
+    append(w, [30])
+    w.close()
+    ds = open_run(old)
+    assert "chance_accuracy" not in ds and list(ds.step.values) == [10, 20, 30]
+    np.testing.assert_array_equal(ds.loss.values, expected([10, 20, 30], "loss"))
+
+
 def test_a_missing_variable_is_named(tmp_path):
     path = write_run(tmp_path / "metrics.zarr", [10, 20])
     shutil.rmtree(path / "entropy")

@@ -146,6 +146,15 @@ def test_the_trainers_attributes_are_read_and_older_stores_derive_them(small):
     assert phases.to_dict()["condition_label"] == "uniform"
 
 
+def test_chance_accuracy_is_read_as_the_mean_over_attributes_and_is_none_for_older_stores(small):
+    chance = np.array([0.0, 0.01, 0.02, 0.03, 0.04, 0.2])
+    phases = phasefit.detect(small.assign(chance_accuracy=("attribute", chance)), n_boot=0, per_fact=False)
+    assert phases.chance_accuracy == pytest.approx(0.05) and phases.to_dict()["chance_accuracy"] == pytest.approx(0.05)
+    assert phasefit.detect(small, n_boot=0, per_fact=False).chance_accuracy is None  # no such variable
+    unknown = small.assign(chance_accuracy=("attribute", np.full(6, np.nan)))  # written as unknown
+    assert phasefit.detect(unknown, n_boot=0, per_fact=False).to_dict()["chance_accuracy"] is None
+
+
 def test_every_interval_says_what_it_resamples():
     """One run's intervals resample its individuals only, and say so wherever they are shown;
     the seed-level intervals of crossrun say they are over seeds."""

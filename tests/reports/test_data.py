@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import altair as alt
 import numpy as np
 import pytest
@@ -69,6 +71,21 @@ def test_log_and_linear_loss_charts(run):
     log = reports.loss_chart(run, "log").to_dict()
     linear = reports.loss_chart(run, "linear").to_dict()
     assert '"type": "log"' in str(log).replace("'", '"') and '"type": "log"' not in str(linear).replace("'", '"')
+
+
+def test_the_accuracy_chart_draws_the_chance_level_as_the_loss_chart_draws_the_baseline(sim, run):
+    def levels(chart) -> dict:
+        """label -> value of the dashed levels of a layered chart."""
+        spec = chart.to_dict()
+        rows = [row for data in spec["datasets"].values() for row in data if set(row) == {"baseline", "label"}]
+        return {row["label"]: row["baseline"] for row in rows}
+
+    assert levels(reports.loss_chart(run)) == {"baseline B": pytest.approx(float(sim.baseline.mean()))}
+    assert levels(reports.accuracy_chart(run)) == {}  # no chance level in the store: nothing drawn
+    told = run_data(sim.assign(chance_accuracy=("attribute", np.full(6, 0.04))), "told", n_boot=0)
+    assert levels(reports.accuracy_chart(told)) == {"chance": pytest.approx(0.04)}
+    population = json.dumps(reports.population_chart(told).to_dict())  # the run page's first section
+    assert population.count('"label": "chance"') == 1 and '"format": ".1%", "title": "accuracy"' in population
 
 
 def test_chart_functions_accept_a_dataset_too(sim):

@@ -11,6 +11,7 @@ import logstore
 from tests.helpers import QUICK, TINY, quick_run, run_cli
 from trainer import loop
 from trainer.config import load_config
+from trainer.world import build_world
 
 @pytest.mark.slow  # trains a model
 def test_a_run_writes_the_schema_and_log_spaced_checkpoints(tmp_path):
@@ -37,6 +38,9 @@ def test_a_run_writes_the_schema_and_log_spaced_checkpoints(tmp_path):
         "N": 40, "sampling": "uniform", "lr": config.train.lr, "steps": 40, "batch": 8, "model": "tiny",
         "wd": config.train.weight_decay, "n_finetune": 0, "seed": config.seed}
     assert ds.attrs["condition_label"] == "uniform"
+    world = build_world(config.world, config.seed)  # the no-knowledge levels, as the world computes them
+    np.testing.assert_array_equal(ds.baseline.values, world.baseline)
+    np.testing.assert_array_equal(ds.chance_accuracy.values, world.chance_accuracy)
 
 
 @pytest.mark.slow  # trains a model

@@ -78,6 +78,44 @@ def test_baseline_is_the_entropy_of_the_value_distribution(config, world):
     np.testing.assert_allclose(world.baseline, [expected[a] for a in ATTRIBUTES])
 
 
+def test_chance_accuracy_is_the_no_knowledge_models_accuracy_by_the_probes_definition():
+    """The model that knows the value distribution only, written out from counts: its next-token
+    probabilities after each prefix of a value are the shares of the values that continue so.
+    Each possible value scored with the probes' own ``correct``, weighted by its probability."""
+    import itertools
+    from collections import Counter, defaultdict
+
+    from trainer.probes import fact_metrics_from_logits
+
+    config = small_world_config(year_min=1995, year_max=1999)  # 1860 dates, each scored below
+    world = build_world(config.world, config.seed)
+
+    index = {t: i for i, t in enumerate(world.vocab)}
+    sets = value_sets(config.world, config.seed)
+    years = [str(y) for y in range(config.world.year_min, config.world.year_max + 1)]
+    dates = itertools.product([str(d) for d in range(1, 32)], ("January", "February", "March", "April", "May", "June",
+                              "July", "August", "September", "October", "November", "December"), years)
+    for a, attribute in enumerate(ATTRIBUTES):
+        values = [list(d) for d in dates] if attribute == "birth_date" else [tokenize(v) for v in sets[attribute]]
+        values = [[index[t] for t in v] for v in values]  # equally probable: the values are drawn uniformly
+        following = defaultdict(Counter)  # prefix -> next token -> values that continue so
+        for v in values:
+            for k in range(len(v)):
+                following[tuple(v[:k])][v[k]] += 1
+        longest = max(len(v) for v in values)
+        counts = torch.zeros(len(values), 1, longest, len(world.vocab))
+        targets = torch.zeros(len(values), 1, longest, dtype=torch.int64)
+        valid = torch.zeros(len(values), 1, longest, dtype=torch.bool)
+        for i, v in enumerate(values):
+            for k, token in enumerate(v):
+                nxt = following[tuple(v[:k])]
+                counts[i, 0, k, list(nxt)] = torch.tensor(list(nxt.values()), dtype=torch.float32)
+                targets[i, 0, k], valid[i, 0, k] = token, True
+        correct = fact_metrics_from_logits(counts.log(), targets, valid).correct
+        assert int(correct.sum()) / len(values) == pytest.approx(world.chance_accuracy[a], rel=1e-12), attribute
+    assert world.chance_accuracy[ATTRIBUTES.index("birth_city")] == 1 / config.world.n_cities
+
+
 def test_values_are_drawn_uniformly(world):
     # 370 individuals over 40 cities: a chi-square test of uniformity at a fixed seed.
     from scipy.stats import chisquare
