@@ -280,8 +280,21 @@ def start_over(config: Config, out: Path) -> None:
 
 def stop_on_sigterm() -> None:
     """SIGTERM (a scheduler's stop, a cancelled job, ``kill``) stops training as Ctrl-C does:
-    between steps, with the resume state saved."""
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    between steps, with the resume state saved.
+
+    A process started in the background by a non-interactive shell (``phasefit sweep ... &`` in
+    a script) inherits SIGINT ignored: Ctrl-C's handler is then called directly, and SIGINT
+    (how a sweep asks its runs to stop) is honoured again."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def as_ctrl_c(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, as_ctrl_c)
 
 
 def train_runs(paths: list[Path], device: str) -> int:

@@ -312,8 +312,11 @@ def test_sigterm_to_a_sweep_stops_its_runs_with_their_resume_state(tmp_path):
     sets = {**dict(s.split("=") for s in QUICK), "train.steps": 4000, "eval.n_evals": 40, "train.checkpoint_every_s": 3600}
     sweep.write_text(f'base = "{TINY}"\n[set]\n' + "".join(f'"{k}" = {v}\n' for k, v in sets.items()))
     run = tmp_path / "runs" / "long" / "seed0"
+    # Started as a non-interactive shell starts a background job (`phasefit sweep ... &` in a
+    # script): with SIGINT ignored, which its runs inherit.
     proc = subprocess.Popen([sys.executable, "-m", "phasefit.cli", "sweep", str(sweep), "--out", str(tmp_path / "runs"),
-                             "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.monotonic() + 180
         while logstore.committed_train_steps(run) < 100 and proc.poll() is None and time.monotonic() < deadline:
