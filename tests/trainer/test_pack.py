@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 import logstore
 from tests.helpers import QUICK, ROOT, TINY
 from trainer import loop, pack, pool
+from trainer.checkpoints import saved_step
 from trainer.config import ConfigError, load_config
 from trainer.model import Transformer
 from trainer.run import prepare_run, train_runs
@@ -218,12 +219,18 @@ def test_a_killed_pack_resumes_every_member_keeping_its_rows(tmp_path):
     for o in outs:
         ds = logstore.open_run(o)
         before.append((ds.train_step.values.copy(), ds.train_loss.values.copy(), ds.step.values.copy(),
-                       ds.loss.values.copy()))
+                       ds.loss.values.copy(), saved_step(o / "checkpoints")))
         assert 0 < len(ds.train_step) < 240
     assert train_runs(outs, "cpu") == 0
-    for o, (train_step, train_loss, step, loss) in zip(outs, before):
+    for o, (train_step, train_loss, step, loss, saved) in zip(outs, before):
         ds = logstore.open_run(o)
         assert ds.attrs["status"] == "complete" and ds.train_step.values.tolist() == list(range(1, 241))
-        np.testing.assert_array_equal(ds.train_loss.values[: len(train_step)], train_loss)
-        np.testing.assert_array_equal(ds.loss.values[: len(step)], loss)
+        # Rows up to the resume state are kept as they were; rows committed after it are trained
+        # again from it (here in another process, whose thread count can move the last bits).
+        kept, evals = int(np.sum(train_step <= saved)), int(np.sum(step <= saved))
+        assert kept > 0
+        np.testing.assert_array_equal(ds.train_loss.values[:kept], train_loss[:kept])
+        np.testing.assert_array_equal(ds.loss.values[:evals], loss[:evals])
+        np.testing.assert_allclose(ds.train_loss.values[: len(train_step)], train_loss, rtol=1e-5)
+        np.testing.assert_allclose(ds.loss.values[: len(step)], loss, rtol=1e-4, equal_nan=True)
         assert (o / "checkpoints" / "final.safetensors").exists()
