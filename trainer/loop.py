@@ -241,6 +241,20 @@ def close_failed(writer: logstore.RunWriter, err: BaseException, step: int, reas
             err.add_note(f"while closing the store: {store_err}")
 
 
+def leave_resumable(writers: list[logstore.RunWriter], step: int, save, interrupted: BaseException) -> None:
+    """After Ctrl-C: ``save()`` (commit the losses so far and write the resume states), then close
+    every store as interrupted; if saving fails (a full disk, a diverged last block), the runs
+    failed, and that error is raised."""
+    try:
+        save()
+    except BaseException as failed:
+        for writer in writers:
+            close_failed(writer, failed, step)
+        raise
+    for writer in writers:
+        close_failed(writer, interrupted, step, f"interrupted at step {step}; continue with --resume")
+
+
 class Run:
     """One run's pieces, built as ``train`` builds them: world, biographies, sampler, plan, model
     (and a patched run's reference), optimiser, generator, evaluator, checkpoints and store, from
@@ -453,13 +467,11 @@ def train(config: Config, out: Path, device: torch.device, resume: bool = False,
         status = "complete"
         run.writer.close(status="complete")
     except KeyboardInterrupt as err:
-        try:  # leave a resumable run: losses and rows so far committed, the resume state current
+        def save() -> None:
             flush_losses(step)
             run.save_resume(step, time.perf_counter() - start_time)
-        except BaseException as failed:  # a full disk, a diverged last block: the run failed
-            close_failed(run.writer, failed, step)
-            raise
-        close_failed(run.writer, err, step, f"interrupted at step {step}; continue with --resume")
+
+        leave_resumable([run.writer], step, save, err)
         raise
     except BaseException as err:
         close_failed(run.writer, err, step)

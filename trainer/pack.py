@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from trainer import checkpoints
 from trainer.config import Config, ConfigError
-from trainer.loop import (Diverged, LossBlock, Run, Summary, as_configured, close_failed, learning_rate, make_optimizer,
-                          optimizer_for, stop_on_ctrl_c, timer)
+from trainer.loop import (Diverged, LossBlock, Run, Summary, as_configured, close_failed, learning_rate,
+                          leave_resumable, make_optimizer, optimizer_for, stop_on_ctrl_c, timer)
 from trainer.world import build_world
 
 # What must agree for runs to share one step (the same shapes, batches and updates).
@@ -370,16 +370,12 @@ def train_pack(configs: list[Config], outs: list[Path], device: torch.device, re
             run.writer.close(status="complete")
             results[members[id(run)]] = run.summary(step, time.perf_counter() - start_time, "complete", timings)
     except KeyboardInterrupt as err:
-        try:  # leave resumable runs: losses and rows so far committed, the resume states current
+        def save() -> None:
             flush(step)
             for i in range(len(pack.runs)):
                 pack.save_resume(i, step, time.perf_counter() - start_time)
-        except BaseException as failed:
-            for run in pack.runs:
-                close_failed(run.writer, failed, step)
-            raise
-        for run in pack.runs:
-            close_failed(run.writer, err, step, f"interrupted at step {step}; continue with --resume")
+
+        leave_resumable([run.writer for run in pack.runs], step, save, err)
         raise
     except BaseException as err:
         for run in pack.runs:
