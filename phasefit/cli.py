@@ -1,4 +1,4 @@
-"""The one command line: ``phasefit train | sample | sweep | ls | detect | report | demo``.
+"""The one command line: ``phasefit train | sample | sweep | study | ls | detect | report | demo``.
 
 Every subcommand imports its machinery lazily, so ``phasefit --help`` is instant. Bad input
 (configs, paths, stores, curves) ends with one line on stderr and exit code 2.
@@ -48,6 +48,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           pack=args.pack)
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from phasefit.study import study_from_cli
+
+    return study_from_cli(args.study, out=args.out, workers=args.workers, scheduler=args.scheduler, device=args.device,
+                          pack=args.pack, dry=args.dry_run, png=args.png)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -90,6 +97,16 @@ def path_arg(text: str) -> str:
     return text
 
 
+def pool_options(p: argparse.ArgumentParser, file: str, out: str) -> None:
+    """Where and how a sweep's or a study's runs train."""
+    p.add_argument("--out", type=path_arg, default="runs", help=out)
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    p.add_argument("--device", default="auto", help="device for every run (default auto)")
+    p.add_argument("--pack", type=int, help=f"train runs that can share a step as packs of at most K (default: the "
+                   f"{file}'s pack, else 1 on CPU and 8 on GPUs)", metavar="K")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from phasefit.detectors import DETECTORS  # the names only: the classes load on use
 
@@ -116,13 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a grid of runs locally or on a Dask cluster")
     p.add_argument("sweep", type=path_arg, help="sweep TOML (e.g. configs/sweeps/plateau_vs_n.toml)")
-    p.add_argument("--out", type=path_arg, default="runs", help="runs folder (default runs/)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    p.add_argument("--scheduler", help="address of an existing Dask scheduler")
-    p.add_argument("--device", default="auto", help="device for every run (default auto)")
-    p.add_argument("--pack", type=int, help="train runs that can share a step as packs of at most K (default: the "
-                   "sweep file's pack, else 1 on CPU and 8 on GPUs)", metavar="K")
+    pool_options(p, "sweep file", "runs folder (default runs/)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("study", help="every experiment of a study, then a verdict per claim")
+    p.add_argument("study", type=path_arg, help="study TOML (e.g. configs/studies/tiny.toml)")
+    pool_options(p, "study file", "runs folder (default runs/; the study goes in OUT/NAME)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, packs and estimated time; train nothing")
+    p.add_argument("--png", action="store_true", help="also write PNG images of the report's charts")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("ls", help="list runs, their conditions and state")
     p.add_argument("runs_dir", type=path_arg)

@@ -55,7 +55,7 @@ def _failed(name: str, method: str, note: str) -> dict:
     return out
 
 
-def _runs(paths: list[str]) -> list[tuple[str, Path, Path | None]]:
+def named_runs(paths: list[str]) -> list[tuple[str, Path, Path | None]]:
     """(name, run path, folder of runs or None) for every run the arguments name."""
     from logstore.runs import find_runs
     from phasefit.runs import is_run, run_folder
@@ -162,33 +162,14 @@ def detect_runs(paths: list[str], *, method: str = "auto", n_boot: int = 200, as
 
         results.append(detect(Curve.from_csv(curve, baseline), method, run=Path(curve).name).to_dict())
 
-    runs = _runs(paths)
+    runs = named_runs(paths)
     if paths and not runs:
         print(f"phasefit: no runs in {', '.join(paths)}", file=sys.stderr)
-    run_results = _analyse_all(runs, method, n_boot, scheduler, workers) if runs else []
+    run_results, stats = analyse_and_write(runs, method, n_boot, scheduler, workers, warn)
     results.extend(run_results)
 
-    from phasefit.analysis import phases_table
-    from phasefit.conditions import to_csv as conditions_csv
-    from phasefit.crossrun import crossrun
-
-    for (name, path, _), result in zip(runs, run_results):
-        _write(path / "phases.json", json.dumps(result, indent=1, default=_json_default) + "\n", warn)
-    folders = {}
-    for (name, path, folder), result in zip(runs, run_results):
-        if folder is not None:
-            folders.setdefault(folder, []).append(result)
-    stats = crossrun(run_results) if len(run_results) > 1 else None
-    for folder, rows in folders.items():
-        _write(folder / "phases.csv", phases_table(rows).to_csv(index=False), warn)
-        here = stats if len(rows) == len(run_results) else crossrun(rows)
-        if here is not None and not here.empty():
-            _write(folder / "crossrun.json", json.dumps(here.to_dict(), indent=1, default=_json_default) + "\n", warn)
-        if here is not None and here.has_seeds():
-            _write(folder / "conditions.csv", conditions_csv(here.conditions), warn)
-
     if as_json:
-        print(json.dumps([{k: v for k, v in r.items() if k != "error"} for r in results], default=_json_default))
+        print(json.dumps([{k: v for k, v in r.items() if k != "error"} for r in results], default=json_default))
     else:
         if stats is not None and stats.has_seeds():  # the headline: the conditions, across seeds
             print("conditions (95% intervals across seeds where a condition has two or more):\n"
@@ -201,7 +182,36 @@ def detect_runs(paths: list[str], *, method: str = "auto", n_boot: int = 200, as
     return 1 if any("error" in r for r in results) else 0
 
 
-def _json_default(value):
+def analyse_and_write(runs, method: str = "auto", n_boot: int = 200, scheduler: str | None = None, workers: int = 1,
+                      warn: list[str] | None = None):
+    """Analyse ``runs`` (``named_runs``'s (name, path, folder) triples) and write their files: each
+    run's phases.json, each folder's phases.csv, crossrun.json and conditions.csv. Returns the
+    per-run dicts and the cross-run statistics of them all (None for fewer than 2 runs);
+    files that cannot be written are named in ``warn``."""
+    from phasefit.analysis import phases_table
+    from phasefit.conditions import to_csv as conditions_csv
+    from phasefit.crossrun import crossrun
+
+    warn = [] if warn is None else warn
+    run_results = _analyse_all(runs, method, n_boot, scheduler, workers) if runs else []
+    for (name, path, _), result in zip(runs, run_results):
+        _write(path / "phases.json", json.dumps(result, indent=1, default=json_default) + "\n", warn)
+    folders = {}
+    for (name, path, folder), result in zip(runs, run_results):
+        if folder is not None:
+            folders.setdefault(folder, []).append(result)
+    stats = crossrun(run_results) if len(run_results) > 1 else None
+    for folder, rows in folders.items():
+        _write(folder / "phases.csv", phases_table(rows).to_csv(index=False), warn)
+        here = stats if len(rows) == len(run_results) else crossrun(rows)
+        if here is not None and not here.empty():
+            _write(folder / "crossrun.json", json.dumps(here.to_dict(), indent=1, default=json_default) + "\n", warn)
+        if here is not None and here.has_seeds():
+            _write(folder / "conditions.csv", conditions_csv(here.conditions), warn)
+    return run_results, stats
+
+
+def json_default(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if hasattr(value, "item"):

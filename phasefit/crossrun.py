@@ -268,7 +268,9 @@ def _alpha_replicates(grid, means, counts, window: int, spread: float, df: int, 
     return out
 
 
-def _frame(phases) -> pd.DataFrame:
+def run_frame(phases) -> pd.DataFrame:
+    """One row per run (``Phases`` or their dicts): its flat config, conditions, condition
+    label, seed group, each headline and intervention quantity with its interval."""
     rows = []
     for p in phases:
         d = p.to_dict() if hasattr(p, "to_dict") else dict(p)
@@ -347,7 +349,6 @@ def compare_conditions(frame: pd.DataFrame, by: str, quantity: str, reference, l
     noise. ``ci_kind`` says what each interval resamples.
     """
     from scipy import stats
-    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
     z = stats.norm.ppf((1 + level) / 2)
     rows = []
@@ -360,7 +361,7 @@ def compare_conditions(frame: pd.DataFrame, by: str, quantity: str, reference, l
             x, y = cond[quantity].astype(float).values, ref[quantity].astype(float).values
             diff = float(x.mean() - y.mean())
             if len(x) >= 2 and len(y) >= 2:
-                lo, hi = CompareMeans(DescrStatsW(x), DescrStatsW(y)).tconfint_diff(alpha=1 - level, usevar="unequal")
+                lo, hi = welch_interval(x, y, level)
                 method, note = "welch", None
                 kind = f"seeds: Welch t interval over {len(x)} and {len(y)} seeds' estimates"
             else:
@@ -377,6 +378,15 @@ def compare_conditions(frame: pd.DataFrame, by: str, quantity: str, reference, l
             row.update(dict(zip(within, match if isinstance(match, tuple) else (match,))))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def welch_interval(x, y, level: float = 0.95) -> tuple[float, float]:
+    """Welch's t interval of mean(x) - mean(y) (two runs or more on each side)."""
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
+
+    lo, hi = CompareMeans(DescrStatsW(np.asarray(x, float)), DescrStatsW(np.asarray(y, float))).tconfint_diff(
+        alpha=1 - level, usevar="unequal")
+    return float(lo), float(hi)
 
 
 ONE_SEED_KIND = "one seed: the runs' within-run intervals combined (not seed-to-seed spread)"
@@ -461,7 +471,7 @@ def _show_group(group: dict) -> str:
 
 def crossrun(phases, level: float = 0.95) -> CrossRun:
     """Every cross-run statistic the set of runs supports (see the module docstring)."""
-    frame = _frame(phases)
+    frame = run_frame(phases)
     out = CrossRun()
     if len(frame) and (frame["status"] != "complete").any():
         left = frame.loc[frame["status"] != "complete", "run"].tolist()

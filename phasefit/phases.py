@@ -65,6 +65,7 @@ class Phases:
     hallucination_onset_ci: list | None = None
     hallucination_lag: float | None = None  # onset - t2
     hallucination_lag_ci: list | None = None  # paired: each replicate's onset - its t2
+    top_prob_gap: float | None = None  # held-out minus train mean top-token probability, last evaluation
     n_steps: float | None = None  # the run's planned training steps
     last_step: float | None = None  # last committed evaluation
     complete: bool = True
@@ -296,6 +297,8 @@ def _hallucination(phases: Phases, ds, summary, n_boot, rng, level, tol, noise: 
     phases.hallucination_onset = found.onset
     phases.notes.extend(found.notes)
     phases.gap = confidence_gap(summary.individual)
+    last = phases.gap["top_prob_gap"].dropna("step")
+    phases.top_prob_gap = float(last.values[-1]) if last.size else None
     if found.onset is not None and phases.t2 is not None:
         phases.hallucination_lag = found.onset - phases.t2
     if found.onset is None or not n_boot:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.config import EvalConfig
+from trainer.config import Config, EvalConfig
 from trainer.world import World
 
 
@@ -77,3 +77,14 @@ def build_plan(e: EvalConfig, world: World, steps: int, seed: int) -> EvalPlan:
         full = np.zeros(len(eval_steps), bool)
         full[nearest] = True
     return EvalPlan(eval_steps, full, order, len(dense_ids))
+
+
+def n_probes(c: Config) -> int:
+    """Evaluation biographies of a run's plan (as ``build_plan`` makes it, from the config alone)."""
+    e, w = c.eval, c.world
+    splits = {"train": w.n_individuals, "heldout": w.n_heldout, "finetune": w.n_finetune}
+    dense = sum(n if dense_size(e, split) == 0 else min(n, dense_size(e, split)) for split, n in splits.items())
+    everyone = sum(splits.values())
+    n_evals = len(spaced_steps(c.train.steps, e.n_evals, e.log_fraction))
+    n_full = n_evals if dense == everyone else min(n_evals, e.n_full)
+    return n_evals * dense + n_full * (everyone - dense)

@@ -106,7 +106,7 @@ def _overrides(table, where: str) -> dict:
     return flat
 
 
-def _conditions(doc: dict, source: Path) -> list[tuple[str, dict]]:
+def _conditions(doc: dict, source: str) -> list[tuple[str, dict]]:
     """Every condition of the sweep, grid product then includes: (name label, flat overrides)."""
     grid = flatten(doc.get("grid", {}))
     axes = []
@@ -142,33 +142,46 @@ def load_sweep(path: str | Path, out: str | Path = "runs") -> Sweep:
     """
     source = Path(path)
     doc = read_toml(source)
+    known_keys(doc, SWEEP_KEYS, str(source), "a sweep file")
+    return sweep_from_doc(doc, source, out)
+
+
+def known_keys(doc: dict, allowed: tuple[str, ...], where: str, what: str) -> None:
+    """One ConfigError line for the first key of ``doc`` that ``what`` does not have."""
     for key in doc:
-        if key not in SWEEP_KEYS:
-            raise ConfigError(f"{source}: unknown key '{key}' (a sweep file has {', '.join(SWEEP_KEYS)})")
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{key}' ({what} has {', '.join(allowed)})")
+
+
+def sweep_from_doc(doc: dict, source: Path, out: str | Path, where: str | None = None) -> Sweep:
+    """The runs of a sweep given as a table of the sweep file's keys (a sweep file's content, or
+    an experiment of a study: trainer/study.py). ``base`` is relative to ``source``'s folder;
+    ``where`` names the table in error messages (default: the file)."""
+    where = where or str(source)
     if "base" not in doc:
-        raise ConfigError(f"{source}: base: missing (the config every run starts from, e.g. base = \"../tiny.toml\")")
+        raise ConfigError(f"{where}: base: missing (the config every run starts from, e.g. base = \"../tiny.toml\")")
     if not isinstance(doc["base"], str) or "\0" in doc["base"]:
-        raise ConfigError(f"{source}: base: expected the path of a config, got {doc['base']!r}")
+        raise ConfigError(f"{where}: base: expected the path of a config, got {doc['base']!r}")
     if not isinstance(doc.get("grid", {}), dict):
-        raise ConfigError(f"{source}: grid: expected a table of axes, got {doc['grid']!r}")
+        raise ConfigError(f"{where}: grid: expected a table of axes, got {doc['grid']!r}")
     base_path = (source.parent / doc["base"]).resolve()
     base = read_toml(base_path)
     name = format_value(doc.get("name", source.stem))
     seeds = doc.get("seeds", [base.get("seed", 0)])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"{source}: seeds: expected a non-empty list of integers, got {seeds!r}")
+        raise ConfigError(f"{where}: seeds: expected a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{source}: seeds: {seeds} repeats a seed")
+        raise ConfigError(f"{where}: seeds: {seeds} repeats a seed")
     for key in ("runs_per_gpu", "pack"):
         value = doc.get(key, 1)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{source}: {key}: expected an integer >= 1, got {value!r}")
-    common = _overrides(doc.get("set", {}), f"{source}: set")
+            raise ConfigError(f"{where}: {key}: expected an integer >= 1, got {value!r}")
+    common = _overrides(doc.get("set", {}), f"{where}: set")
     common.pop("label", None)
     folder = Path(out) / name
 
     runs: list[RunSpec] = []
-    for label, condition in _conditions(doc, source):
+    for label, condition in _conditions(doc, where):
         for seed in seeds:
             run_name = f"{label}-seed{seed}" if label else f"seed{seed}"
             data = copy.deepcopy(base)
@@ -180,24 +193,24 @@ def load_sweep(path: str | Path, out: str | Path = "runs") -> Sweep:
     seen: dict[str, dict] = {}
     for run in runs:
         if run.name in seen:
-            raise ConfigError(f"{source}: two conditions give the run name '{run.name}' ({seen[run.name]} and "
+            raise ConfigError(f"{where}: two conditions give the run name '{run.name}' ({seen[run.name]} and "
                               f"{run.conditions}); give them distinct 'label's")
         seen[run.name] = run.conditions
     for run in runs:
-        outside = _resolve_reference(run, runs, source)
-        run.config = from_dict(run.config, source=f"{source} [{run.name}]")
+        outside = _resolve_reference(run, runs, where)
+        run.config = from_dict(run.config, source=f"{where} [{run.name}]")
         try:  # runs outside the sweep must exist, have finished and match, before anything starts
             check_references(run.config, outside)
         except ConfigError as err:
-            raise ConfigError(f"{source} [{run.name}]: {err}") from None
-    _check_no_cycle(runs, source)
+            raise ConfigError(f"{where} [{run.name}]: {err}") from None
+    _check_no_cycle(runs, where)
     return Sweep(name, source, folder, runs, doc.get("runs_per_gpu", 1), doc.get("pack"))
 
 
 REFERENCES = (("train", "init_from"), ("patch", "reference"))  # keys that name another run
 
 
-def _resolve_reference(run: RunSpec, runs: list[RunSpec], source: Path) -> tuple[str, ...]:
+def _resolve_reference(run: RunSpec, runs: list[RunSpec], source: str) -> tuple[str, ...]:
     """``"@pretrain"`` in ``train.init_from`` or ``patch.reference``: the run of this sweep named
     pretrain-seedS (same seed) or pretrain, which must finish first. Returns the keys that
     name runs outside the sweep."""
@@ -219,7 +232,7 @@ def _resolve_reference(run: RunSpec, runs: list[RunSpec], source: Path) -> tuple
     return tuple(outside)
 
 
-def _check_no_cycle(runs: list[RunSpec], source: Path) -> None:
+def _check_no_cycle(runs: list[RunSpec], source: str) -> None:
     needs = {r.name: r.needs for r in runs}
     for run in runs:
         chain, name = [run.name], run.name
