@@ -26,6 +26,8 @@ pool (trainer/pool.py), and ``estimate_seconds`` says how long they would take.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -171,12 +173,22 @@ def measure_rates(config: Config, device, steps: int = 6) -> dict[str, float]:
     return {"step_s": step_s, "probe_s": probe_s, "setup_s": setup_s}
 
 
+def process_start_seconds() -> float:
+    """Seconds for a fresh Python to import the trainer: what each run's (or pack's) process
+    pays before its setup (trainer/pool.py starts one per run)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import trainer.run, trainer.loop"], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
 def estimate_seconds(runs: list[RunSpec], device, progress=None) -> dict[str, float]:
-    """Estimated seconds of each run alone on ``device``: its setup, its training steps and its
-    probes (``trainer.plan.n_probes``), at rates measured once per shape (``measure_rates``);
-    a patched run pays for its reference's forward pass too (about a third of a step)."""
+    """Estimated seconds of each run alone on ``device``: its process's start, its setup, its
+    training steps and its probes (``trainer.plan.n_probes``), at rates measured once per shape
+    (``measure_rates``); a patched run pays for its reference's forward pass too (about a third
+    of a step)."""
     from trainer.plan import n_probes
 
+    start_s = process_start_seconds()
     rates: dict[tuple, dict[str, float]] = {}
     seconds = {}
     for run in runs:
@@ -189,5 +201,5 @@ def estimate_seconds(runs: list[RunSpec], device, progress=None) -> dict[str, fl
                          f"{c.train.batch_size}: {rates[key]['step_s'] * 1e3:.1f} ms a step")
         r = rates[key]
         patched = 4 / 3 if c.patch.reference else 1.0
-        seconds[run.name] = r["setup_s"] + patched * (c.train.steps * r["step_s"] + n_probes(c) * r["probe_s"])
+        seconds[run.name] = start_s + r["setup_s"] + patched * (c.train.steps * r["step_s"] + n_probes(c) * r["probe_s"])
     return seconds
