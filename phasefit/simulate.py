@@ -32,7 +32,11 @@ individuals cannot see). Before acquisition a fact is correct by chance with pro
 ``flicker``, so "first evaluation after which it stays correct" is exercised.
 
 The messiness of real runs, each off by default (so that the detectors' own model is not all
-they are tested on): ``noise_ar``, the lag-one autocorrelation of the shared step noise z;
+they are tested on): ``noise_ar``, the lag-one autocorrelation of the shared step noise z
+(from one evaluation to the next); ``noise_timescale``, instead, z as one path over training
+steps (an AR(1) from step to step with correlation exp(-1 / noise_timescale), drawn from the
+seed alone), read at the evaluation steps, so that one seed evaluated on different grids is
+the same run, as a trained model's noise belongs to its trajectory and not to its grid;
 ``drift``, a plateau that is not flat: the trained facts' loss sinks linearly in log-step from
 B_a at t1 to (1 - drift) B_a at t2, where knowledge emerges from there; ``spikes``, (step,
 factor) pairs that multiply the whole evaluation nearest that step (a loss spike);
@@ -106,6 +110,7 @@ def simulate(
     sampling_kind: str | None = None,
     status: str = "complete",
     noise_ar: float = 0.0,
+    noise_timescale: float | None = None,
     drift: float = 0.0,
     spikes: tuple = (),
     individual_effect: float = 0.0,
@@ -162,7 +167,11 @@ def simulate(
     phase1 = np.clip(1 - np.log1p(steps) / np.log1p(t1), 0, 1).astype(np.float32)
     halluc = np.clip((np.log(np.maximum(steps, 1)) - np.log(onset)) / (np.log(t3) - np.log(onset)), 0, 1)
     sink = drift * _plateau_share(steps, t1, t2)  # the plateau's drift below B, as a share of B
-    step_factor = 1 + noise * _ar1(rng, n_t, noise_ar)
+    if noise_timescale:  # one path over training steps, whatever the grid reads of it
+        path = _ar1(np.random.default_rng([seed, 11]), n_steps + 1, float(np.exp(-1 / noise_timescale)))
+        step_factor = 1 + noise * path[steps]
+    else:
+        step_factor = 1 + noise * _ar1(rng, n_t, noise_ar)
     for at, factor in spikes:
         step_factor[int(np.argmin(np.abs(steps - at)))] *= factor
 
@@ -230,7 +239,8 @@ def simulate(
                   final_accuracy=final_accuracy, initial_loss=initial_loss, final_loss=final_loss,
                   fact_width=fact_width, noise=noise, fact_noise=fact_noise, flicker=flicker,
                   alpha=alpha, rank_effect=rank_effect, hallucination=hallucination,
-                  eval_subset=eval_subset, n_full=n_full, seed=seed, noise_ar=noise_ar, drift=drift,
+                  eval_subset=eval_subset, n_full=n_full, seed=seed, noise_ar=noise_ar,
+                  noise_timescale=noise_timescale, drift=drift,
                   spikes=[list(x) for x in spikes], individual_effect=individual_effect, seed_spread=seed_spread,
                   alpha_valley=list(alpha_valley))
     kind = sampling_kind or ("power_law" if alpha > 0 else "uniform")

@@ -77,3 +77,17 @@ def test_an_alpha_valley_makes_the_plateau_shortest_at_its_floor():
     kinked = run(1.0, alpha_valley=(0.7, 12.0, 3.2, 1.5))[0]["plateau_length"]
     assert kinked == pytest.approx(1500 * np.exp(3.2 * 0.3**1.5))
     assert run(0.4)[0]["t2"] == 1820  # off by default: alpha changes the exposures only
+
+
+def test_step_noise_over_training_steps_is_one_path_whatever_the_grid_reads():
+    def ratio(n_evals, **noise):
+        kw = dict(n_individuals=100, n_heldout=10, seed=4, n_evals=n_evals, fact_noise=0.0, flicker=0.0)
+        noisy, clean = train_curve(simulate(**kw, noise=0.03, **noise)), train_curve(simulate(**kw, noise=0.0))
+        return dict(zip(noisy.step.tolist(), (noisy.loss / clean.loss).tolist()))
+
+    coarse, fine = ratio(20, noise_timescale=100.0), ratio(200, noise_timescale=100.0)
+    shared = sorted(set(coarse) & set(fine) - {0})
+    assert len(shared) >= 3 and all(coarse[s] == pytest.approx(fine[s], rel=1e-5) for s in shared)
+    assert np.std(list(fine.values())) > 0.01  # and it is noise
+    per_evaluation = ratio(20, noise_ar=0.5), ratio(200, noise_ar=0.5)  # drawn per evaluation: grids differ
+    assert any(per_evaluation[0][s] != pytest.approx(per_evaluation[1][s], rel=1e-3) for s in shared)
