@@ -17,8 +17,10 @@ Measures, in one process:
 - MFU against the detected GPU's bf16 peak (dense), and peak memory.
 With ``--pack K``, instead: run-steps per second of the loop's training step alone and of a
 pack of K members (trainer/pack.py, seeds 0..K-1) at the same config, in one process, batch
-assembly included, and their ratio; on CUDA also the peak memory of the pack's steps against
-its estimate (``pack.pack_bytes``).
+assembly included, and their ratio; the seconds of one evaluation of every member (of the
+dense subset where the plan has one), member by member and batched (trainer/pack_probes.py),
+and their ratio; on CUDA also the peak memory of the pack's steps against its estimate
+(``pack.pack_bytes``), and of its evaluations.
 Tokens and FLOPs count the padded batch (an eager CPU step skips the columns that are padding
 in every row, about 15% of them). Prints a table and one JSON line per measurement.
 """
@@ -29,6 +31,7 @@ import argparse
 import resource
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,7 @@ from trainer.config import load_config
 from trainer.loop import Evaluator, Run, make_optimizer, make_train_step, probe_dtype, train
 from trainer.model import Transformer
 from trainer.pack import Pack, pack_bytes
+from trainer.pack_probes import member_rows
 from trainer.plan import build_plan
 from trainer.run import prepare_run
 from trainer.sampling import Sampler, build_stages
@@ -204,6 +208,25 @@ def bench(preset: str, device: torch.device, n_steps: int, run: bool, overrides:
     return rows
 
 
+def pack_probe_times(packed: Pack, device: torch.device, repeats: int = 3) -> tuple[float, float]:
+    """Seconds of one evaluation of every member of ``packed``, of the plan's commonest kind
+    (its dense subset where it has one, else everyone): member by member on their solo models
+    (``Run.probe``'s computation) and batched (``Pack.probe``'s); the median of ``repeats``
+    each, taken in turns (a busy machine slows both alike), after one warm-up, results on the host."""
+    runs, plan = packed.runs, packed.runs[0].plan
+    step = int(plan.steps[np.flatnonzero(~plan.full)[0]]) if not plan.full.all() else 0
+    ways = {"member by member": lambda: [r.evaluate(r.model, r.eval_index[step], r.sampler.exposures) for r in runs],
+            "batched": lambda: member_rows(packed.params, runs, step, probe_dtype(device))}
+    times = defaultdict(list)
+    for _ in range(repeats + 1):
+        for way, evaluate in ways.items():
+            sync(device)
+            started = time.perf_counter()
+            evaluate()
+            times[way].append(time.perf_counter() - started)
+    return tuple(float(np.median(times[way][1:])) for way in ways)
+
+
 def bench_pack(preset: str, device: torch.device, n_steps: int, k: int, overrides: list[str]) -> list[dict]:
     """Run-steps per second of one run's training step and of a pack of ``k``, and the ratio."""
     configs = [load_config(ROOT / "configs" / f"{preset}.toml", overrides + [f"seed={s}"]) for s in range(k)]
@@ -218,6 +241,11 @@ def bench_pack(preset: str, device: torch.device, n_steps: int, k: int, override
             torch.cuda.reset_peak_memory_stats()
         together = step_time(packed.step_fn, lambda: packed.batches(0), n_steps, device)
         vocab, seq_len = max(len(r.world.vocab) for r in runs), max(r.world.seq_len for r in runs)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None  # the steps' alone
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        one_by_one, batched = pack_probe_times(packed, device)
+        probe_peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
         for run in [alone, *runs]:
             run.writer.close("failed", reason="a benchmark")
     m = c.model
@@ -228,12 +256,19 @@ def bench_pack(preset: str, device: torch.device, n_steps: int, k: int, override
         {**row, "metric": "solo_run_steps_per_s", "value": 1 / solo, "unit": "1/s"},
         {**row, "metric": f"pack{k}_run_steps_per_s", "value": k / together, "unit": "1/s"},
         {**row, "metric": f"pack{k}_over_solo", "value": solo * k / together, "unit": "ratio of run-steps/s"},
+        {**row, "metric": f"pack{k}_evaluation_member_by_member_s", "value": one_by_one,
+         "unit": "s (every member's solo probes)"},
+        {**row, "metric": f"pack{k}_evaluation_batched_s", "value": batched, "unit": "s (trainer/pack_probes.py)"},
+        {**row, "metric": f"pack{k}_evaluation_batched_over_member_by_member", "value": batched / one_by_one,
+         "unit": "ratio of seconds"},
     ]
     if device.type == "cuda":
         estimate = sum(pack_bytes(c, vocab, seq_len, k, device).values())
-        rows += [{**row, "metric": f"pack{k}_peak_memory", "value": torch.cuda.max_memory_allocated() / 2**20,
+        rows += [{**row, "metric": f"pack{k}_peak_memory", "value": peak,
                   "unit": "MiB"},
-                 {**row, "metric": f"pack{k}_memory_estimate", "value": estimate / 2**20, "unit": "MiB"}]
+                 {**row, "metric": f"pack{k}_memory_estimate", "value": estimate / 2**20, "unit": "MiB"},
+                 {**row, "metric": f"pack{k}_evaluation_peak_memory", "value": probe_peak,
+                  "unit": "MiB (the evaluations, gradients still held)"}]
     return rows
 
 

@@ -17,7 +17,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -211,23 +211,38 @@ class Evaluator:
                 mine.copy_(theirs)
         return self.copy
 
-    def __call__(self, model: Transformer, i: int, exposures: torch.Tensor) -> dict[str, np.ndarray]:
-        n_all, n_attr = len(self.plan.order), self.templates.shape[1]
+    def batches(self, i: int) -> tuple[np.ndarray, Iterator[Batch]]:
+        """Evaluation ``i``'s store rows, shortest text first, and their text in batches of
+        ``batch_size`` in that order, each cut after its longest biography."""
         rows, on_device = self.rows_by_length(len(self.plan.individuals_at(i)))
-        net = self.probed(model)
-        parts = []  # results stay on the device until the evaluation is done: no transfer (and wait) per batch
-        for start in range(0, len(rows), self.batch_size):
+
+        def batch(start: int) -> Batch:
             end = min(len(rows), start + self.batch_size)
-            batch = self.text(on_device[start:end])
+            text = self.text(on_device[start:end])
             longest = int(self.length[rows[end - 1]])  # the batch's last text is its longest
-            parts.append(fact_metrics(net, Batch(batch.tokens[:, :longest], batch.value_pos, batch.name_pos)))
-        out = attention_signatures(net, self.attention_batch)
-        for key in (f.name for f in fields(FactMetrics)):  # individuals not evaluated at this step: missing
+            return Batch(text.tokens[:, :longest], text.value_pos, text.name_pos)
+
+        return rows, map(batch, range(0, len(rows), self.batch_size))
+
+    def row(self, rows: np.ndarray, parts: list[FactMetrics], attention: dict[str, np.ndarray],
+            exposures: torch.Tensor) -> dict[str, np.ndarray]:
+        """The store's row of one evaluation: the metrics of ``batches``' batches (``parts``, in
+        order) at their ``rows``, missing for individuals not evaluated, and the attention signatures."""
+        n_all, n_attr = len(self.plan.order), self.templates.shape[1]
+        out = dict(attention)
+        for key in (f.name for f in fields(FactMetrics)):
             found = torch.cat([getattr(part, key) for part in parts]).cpu().numpy()
             out[key] = np.full((n_all, n_attr), False if found.dtype == bool else np.nan, found.dtype)
             out[key][rows] = found
         out["exposures"] = exposures[self.order].cpu().numpy()
         return out
+
+    def __call__(self, model: Transformer, i: int, exposures: torch.Tensor) -> dict[str, np.ndarray]:
+        net = self.probed(model)
+        rows, batches = self.batches(i)
+        # Results stay on the device until the evaluation is done: no transfer (and wait) per batch.
+        parts = [fact_metrics(net, batch) for batch in batches]
+        return self.row(rows, parts, attention_signatures(net, self.attention_batch), exposures)
 
 
 def close_failed(writer: logstore.RunWriter, err: BaseException, step: int, reason: str = "") -> None:
@@ -340,6 +355,10 @@ class Run:
         self.model.eval()
         row = self.evaluate(net, self.eval_index[s], self.sampler.exposures)
         self.model.train()
+        self.record_eval(s, row)
+
+    def record_eval(self, s: int, row: dict[str, np.ndarray]) -> None:
+        """Hand the evaluation of step ``s`` (``Evaluator``'s row) to the store."""
         self.writer.append_eval(s, **row)
         known = row["loss"][self.train_ids]
         mask = ~np.isnan(known)

@@ -5,12 +5,13 @@ optimiser and its schedule: ``compatible``); their seeds, sampling, population a
 may differ. Each member is a ``loop.Run`` (its own world, sampler, generator, plan, store and
 checkpoints, built as ``train`` builds them); their parameters live in stacked tensors with a
 leading run dimension, and each member's solo Transformer holds views of its slice, so it is
-probed, checked and saved exactly as a solo run's model. One step runs every member's batch
-(K, B, T) through ``pack_logits`` (batched matrix products), one backward and one AdamW update
-(elementwise, so one over stacked tensors equals K separate ones), with gradient clipping per
-member. Vocabularies and ``seq_len`` differ between seeds (a world's value sets are drawn from
-its seed): the stacked embeddings are padded with zero rows that the step masks out of the
-softmax, so they get no gradient and stay zero.
+checked and saved exactly as a solo run's model (and probed as one, on the CPU; on CUDA the
+members that evaluate at a step are probed together, trainer/pack_probes.py). One step runs
+every member's batch (K, B, T) through ``pack_logits`` (trainer/pack_model.py: batched matrix
+products), one backward and one AdamW update (elementwise, so one over stacked tensors equals K
+separate ones), with gradient clipping per member. Vocabularies and ``seq_len`` differ between
+seeds (a world's value sets are drawn from its seed): the stacked embeddings are padded with
+zero rows that the step masks out of the softmax, so they get no gradient and stay zero.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from tqdm.auto import tqdm
 from trainer import checkpoints
 from trainer.config import Config, ConfigError
 from trainer.loop import (Diverged, LossBlock, Run, Summary, as_configured, close_failed, learning_rate,
-                          leave_resumable, make_optimizer, optimizer_for, stop_on_ctrl_c, timer)
+                          leave_resumable, make_optimizer, optimizer_for, probe_dtype, stop_on_ctrl_c, timer)
+from trainer.pack_model import pack_logits, stack_padded
+from trainer.pack_probes import member_rows
 from trainer.world import build_world
 
 # What must agree for runs to share one step (the same shapes, batches and updates).
@@ -115,44 +118,14 @@ def check_memory(config: Config, k: int, device: torch.device, free: int | None 
                           + (" (one run alone may not fit either)" if fits < 1 else ""))
 
 
-# ---------------------------------------------------------------- the stacked model
+# ---------------------------------------------------------------- the stacked step
 
 
-def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w.T`` for each member: x (K, ..., in), w (K, out, in)."""
-    k = x.shape[0]
-    return torch.bmm(x.reshape(k, -1, x.shape[-1]), w.transpose(1, 2)).view(*x.shape[:-1], w.shape[1])
-
-
-def norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, x.shape[-1:]) * weight[:, None, None] + bias[:, None, None]
-
-
-def pack_logits(p: dict[str, torch.Tensor], tokens: torch.Tensor, n_layers: int, n_heads: int) -> torch.Tensor:
-    """trainer/model.py's ``Transformer.forward`` for every member at once: parameters ``p`` by
-    the Transformer's names with a leading run dimension, tokens (K, B, T); logits (K, B, T, vocab).
-    Attention has no parameters, so the members' batches go through SDPA as one batch."""
-    k, b, t = tokens.shape
-    runs = torch.arange(k, device=tokens.device)[:, None, None]
-    x = p["embed.weight"][runs, tokens] + p["pos.weight"][:, None, :t]
-    d = x.shape[-1]
-    for i in range(n_layers):
-        block = lambda name: p[f"blocks.{i}.{name}"]  # noqa: E731
-        h = norm(x, block("ln1.weight"), block("ln1.bias"))
-        q, k_, v = linear(h, block("attn.qkv.weight")).view(k * b, t, 3, n_heads, d // n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k_, v, is_causal=True)
-        x = x + linear(y.transpose(1, 2).reshape(k, b, t, d), block("attn.proj.weight"))
-        h = norm(x, block("ln2.weight"), block("ln2.bias"))
-        x = x + linear(F.gelu(linear(h, block("mlp.0.weight"))), block("mlp.2.weight"))
-    return linear(norm(x, p["ln_f.weight"], p["ln_f.bias"]), p["embed.weight"])
-
-
-def stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Members' tensors stacked on a new first dimension, each padded with zeros along its first."""
-    out = tensors[0].new_zeros(len(tensors), max(t.shape[0] for t in tensors), *tensors[0].shape[1:])
-    for i, t in enumerate(tensors):
-        out[i, : t.shape[0]] = t.detach()
-    return out
+def batched_probes(device: torch.device) -> bool:
+    """Whether a pack's members are probed together: on CUDA, where a small model's probes are
+    many small kernels; not on the CPU, where the probes are compute-bound and batching them
+    measured slower (docs/trainer.md, "Packs")."""
+    return device.type == "cuda"
 
 
 def clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
@@ -240,6 +213,19 @@ class Pack:
         """Every member's batch of ``step``, padded to the longest ``seq_len``: (K, B, T)."""
         return torch.stack([F.pad(r.batch(step), (0, self.seq_len - r.world.seq_len), value=self.pad) for r in self.runs])
 
+    def probe(self, due: list[int], step: int) -> None:
+        """Evaluate members ``due`` (positions) at ``step`` into their stores: on CUDA all of them
+        in one forward pass per batch (trainer/pack_probes.py), elsewhere one by one."""
+        if not batched_probes(self.device):
+            for i in due:
+                self.runs[i].probe(step, self.runs[i].model)
+            return
+        params = self.params if len(due) == len(self.runs) else {
+            n: p.detach()[torch.tensor(due, device=self.device)] for n, p in self.params.items()}
+        members = [self.runs[i] for i in due]
+        for run, row in zip(members, member_rows(params, members, step, probe_dtype(self.device))):
+            run.record_eval(step, row)
+
     def save_resume(self, i: int, step: int, elapsed: float) -> None:
         """Member ``i``'s resume state, in the file and format of a solo run's."""
         run = self.runs[i]
@@ -326,16 +312,17 @@ def train_pack(configs: list[Config], outs: list[Path], device: torch.device, re
                 raise KeyboardInterrupt
             if any(r.evaluates(step) for r in pack.runs):
                 flush(step)
-                broken = {}
+                broken, due = {}, []
                 for i, run in enumerate(pack.runs):
                     if run.evaluates(step):
                         try:
                             run.check_weights(step)
+                            due.append(i)
                         except Diverged as err:
                             broken[i] = err
-                            continue
-                        with timer(timings, "evaluations"):
-                            run.probe(step, run.model)
+                if due:
+                    with timer(timings, "evaluations"):
+                        pack.probe(due, step)
                 if broken:
                     fail(broken)
             for run in pack.runs:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import logstore
 from tests.helpers import QUICK, ROOT, TINY
-from trainer import loop, pack, pool
+from trainer import loop, pack, pack_model, pool
 from trainer.checkpoints import saved_step
 from trainer.config import ConfigError, load_config
 from trainer.model import Transformer
@@ -58,13 +58,51 @@ def test_the_packed_forward_is_each_members_own():
     config = load_config(TINY, QUICK)
     torch.manual_seed(0)
     models = [Transformer(config.model, v, t) for v, t in ((50, 12), (47, 11), (50, 12))]
-    params = {n: pack.stack_padded([m.get_parameter(n) for m in models]) for n, _ in models[0].named_parameters()}
+    params = {n: pack_model.stack_padded([m.get_parameter(n) for m in models]) for n, _ in models[0].named_parameters()}
     tokens = torch.randint(1, 47, (3, 4, 11), generator=torch.Generator().manual_seed(1))
-    logits = pack.pack_logits(params, tokens, config.model.n_layers, config.model.n_heads)
+    logits = pack_model.pack_logits(params, tokens, config.model.n_layers, config.model.n_heads)
     for i, m in enumerate(models):
         vocab = m.embed.weight.shape[0]
         torch.testing.assert_close(logits[i, ..., :vocab], m(tokens[i]), rtol=1e-5, atol=1e-5)
         assert (logits[i, ..., vocab:] == 0).all()
+
+
+def test_batched_probes_give_each_member_its_own_evaluation(tmp_path, monkeypatch):
+    """Members of other vocabularies, populations, splits, plans and evaluation batch sizes,
+    trained apart for 15 steps, then probed together at a step where all evaluate and at one
+    where only some do: each member's stored row is the one its own Evaluator gives its solo
+    model (a member read with another's parameters, text or rows would differ)."""
+    extra = [[], ["seed=1", "world.n_individuals=60", "eval.n_evals=7", "eval.subset=20", "eval.n_full=3",
+                  "eval.batch_size=16"], ["seed=2", "world.n_heldout=25", "eval.attention_probe=6", "eval.batch_size=8"]]
+    configs = [load_config(TINY, QUICK + e) for e in extra]
+    outs = [tmp_path / f"p{i}" for i in range(3)]
+    for c, o in zip(configs, outs):
+        prepare_run(c, o)
+    runs = [loop.Run(c, o, CPU) for c, o in zip(configs, outs)]
+    assert len({len(r.world.vocab) for r in runs}) == 3 and len({len(r.plan.order) for r in runs}) == 3
+    packed = pack.Pack(runs, CPU)
+    for step in range(15):
+        packed.step_fn(packed.batches(step))
+    stored = {}
+    monkeypatch.setattr(pack, "batched_probes", lambda device: True)  # the CUDA path, here on the CPU
+    monkeypatch.setattr(loop.Run, "record_eval", lambda self, s, row: stored.__setitem__((s, self.config.seed), row))
+    some = next(int(s) for s in runs[0].plan.steps if s not in runs[1].eval_index)
+    for step, due in ((runs[1].plan.steps[1], [0, 1, 2]), (some, [0, 2])):
+        packed.probe(due, int(step))
+        assert sorted(stored) == sorted((int(step), runs[i].config.seed) for i in due)
+        for i in due:
+            run = runs[i]
+            alone = run.evaluate(run.model, run.eval_index[int(step)], run.sampler.exposures)
+            row = stored[int(step), run.config.seed]
+            assert row.keys() == alone.keys()
+            for name in alone:
+                if name in ("correct", "exposures"):
+                    np.testing.assert_array_equal(row[name], alone[name], err_msg=name)
+                else:
+                    np.testing.assert_allclose(row[name], alone[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        stored.clear()
+    for run in runs:
+        run.writer.close("failed", reason="test")
 
 
 def test_gradient_clipping_is_per_member():
@@ -144,34 +182,39 @@ def test_a_sweep_sends_compatible_runs_as_packs_of_at_most_k(tmp_path, monkeypat
 # ---------------------------------------------------------------- training
 
 
-@pytest.mark.slow  # trains three runs alone and as a pack
-def test_each_member_of_a_pack_is_the_run_trained_alone(tmp_path):
+@pytest.mark.slow  # trains three runs alone and twice as a pack
+def test_each_member_of_a_pack_is_the_run_trained_alone(tmp_path, monkeypatch):
+    """With the members probed one by one (the CPU's way) and together (CUDA's, here on the CPU)."""
     configs, solo = members(tmp_path, "solo")
     for c, o in zip(configs, solo):
         loop.train(c, o, CPU, progress=False)
-    _, packed = members(tmp_path, "pack")
-    results = pack.train_pack(configs, packed, CPU, [False] * 3, progress=False)
-    assert [r.status for r in results] == ["complete"] * 3
-    for a_path, b_path in zip(solo, packed):
-        a, b = logstore.open_run(a_path), logstore.open_run(b_path)
-        assert b.attrs["status"] == "complete" and b.attrs["config"] == a.attrs["config"]
-        np.testing.assert_array_equal(a.train_step.values, np.arange(1, 61))
-        np.testing.assert_array_equal(b.train_step.values, a.train_step.values)
-        np.testing.assert_array_equal(b.step.values, a.step.values)
-        np.testing.assert_array_equal(b.lr.values, a.lr.values)
-        np.testing.assert_allclose(b.train_loss.values, a.train_loss.values, rtol=1e-5)
-        for name in METRICS:
-            np.testing.assert_allclose(b[name].values, a[name].values, rtol=1e-4, atol=1e-5, err_msg=name)
-        np.testing.assert_array_equal(b.correct.values, a.correct.values)
-        np.testing.assert_array_equal(b.exposures.values, a.exposures.values)
-        kept = sorted(p.name for p in (a_path / "checkpoints").iterdir())
-        assert sorted(p.name for p in (b_path / "checkpoints").iterdir()) == kept
-        wa, wb = load_file(str(a_path / "checkpoints" / "final.safetensors")), \
-            load_file(str(b_path / "checkpoints" / "final.safetensors"))
-        assert {k: v.shape for k, v in wa.items()} == {k: v.shape for k, v in wb.items()}  # the member's own vocabulary
-        for k in wa:
-            torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
-    assert len({load_file(str(p / "checkpoints" / "final.safetensors"))["embed.weight"].shape for p in packed}) > 1
+    for probes in ("one_by_one", "batched"):
+        monkeypatch.setattr(pack, "batched_probes", lambda device: probes == "batched")
+        _, packed = members(tmp_path, probes)
+        results = pack.train_pack(configs, packed, CPU, [False] * 3, progress=False)
+        assert [r.status for r in results] == ["complete"] * 3
+        for a_path, b_path in zip(solo, packed):
+            a, b = logstore.open_run(a_path), logstore.open_run(b_path)
+            assert b.attrs["status"] == "complete" and b.attrs["config"] == a.attrs["config"]
+            np.testing.assert_array_equal(a.train_step.values, np.arange(1, 61))
+            np.testing.assert_array_equal(b.train_step.values, a.train_step.values)
+            np.testing.assert_array_equal(b.step.values, a.step.values)
+            np.testing.assert_array_equal(b.lr.values, a.lr.values)
+            np.testing.assert_allclose(b.train_loss.values, a.train_loss.values, rtol=1e-5)
+            for name in METRICS:
+                np.testing.assert_allclose(b[name].values, a[name].values, rtol=1e-4, atol=1e-5,
+                                           err_msg=f"{probes}: {name}")
+            np.testing.assert_array_equal(b.correct.values, a.correct.values)
+            np.testing.assert_array_equal(b.exposures.values, a.exposures.values)
+            kept = sorted(p.name for p in (a_path / "checkpoints").iterdir())
+            assert sorted(p.name for p in (b_path / "checkpoints").iterdir()) == kept
+            wa, wb = load_file(str(a_path / "checkpoints" / "final.safetensors")), \
+                load_file(str(b_path / "checkpoints" / "final.safetensors"))
+            # the member's own vocabulary
+            assert {k: v.shape for k, v in wa.items()} == {k: v.shape for k, v in wb.items()}
+            for k in wa:
+                torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
+        assert len({load_file(str(p / "checkpoints" / "final.safetensors"))["embed.weight"].shape for p in packed}) > 1
 
 
 @pytest.mark.slow  # trains a pack
