@@ -33,25 +33,14 @@ import json
 import re
 
 from trainer.config import Config, ConfigError
-from trainer.plan import dense_size, spaced_steps
+from trainer.plan import n_probes
 from trainer.pool import default_pack, pack_runs
 from trainer.sweep import RunSpec, load_sweep
 
 
-def probes(c: Config) -> int:
-    """Evaluation biographies of a run's plan (see trainer.plan.build_plan)."""
-    e, w = c.eval, c.world
-    splits = {"train": w.n_individuals, "heldout": w.n_heldout, "finetune": w.n_finetune}
-    dense = sum(n if dense_size(e, split) == 0 else min(n, dense_size(e, split)) for split, n in splits.items())
-    everyone = w.n_individuals + w.n_heldout + w.n_finetune
-    n_evals = len(spaced_steps(c.train.steps, e.n_evals, e.log_fraction))
-    n_full = n_evals if dense == everyone else min(n_evals, e.n_full)
-    return n_evals * dense + n_full * (everyone - dense)
-
-
 def run_seconds(c: Config, start_s: float, ms_per_step: float, probes_per_s: float) -> float:
     patched = 4 / 3 if c.patch.reference else 1.0  # the reference's forward pass: about a third of a step
-    return start_s + patched * c.train.steps * ms_per_step / 1e3 + probes(c) * patched / probes_per_s
+    return start_s + patched * c.train.steps * ms_per_step / 1e3 + n_probes(c) * patched / probes_per_s
 
 
 def waves(runs: list[RunSpec]) -> list[list[RunSpec]]:
@@ -77,7 +66,7 @@ def pack_seconds(pack: list[RunSpec], args: argparse.Namespace) -> float:
         return run_seconds(pack[0].config, args.start_s, args.ms_per_step, args.probes_per_s)
     full = args.pack * args.ms_per_step / args.pack_speedup  # ms per step of a pack of K
     ms = args.ms_per_step + (len(pack) - 1) * (full - args.ms_per_step) / (args.pack - 1)
-    probed = sum(probes(r.config) for r in pack) / (args.probes_per_s * args.pack_probe_speedup)
+    probed = sum(n_probes(r.config) for r in pack) / (args.probes_per_s * args.pack_probe_speedup)
     return len(pack) * args.start_s + pack[0].config.train.steps * ms / 1e3 + probed
 
 

@@ -81,13 +81,14 @@ def judge(lo: float | None, hi: float | None, sign: int, margin: float = 0.0) ->
     return INCONCLUSIVE
 
 
-def combine(verdicts: list[str]) -> str:
-    """All parts must hold; one that fails fails the claim."""
+def combine(verdicts: list[str], whole: bool = True) -> str:
+    """All parts must hold; one that fails fails the claim. A claim whose experiments the study
+    ran only in part (``whole`` false) can fail but not hold."""
     if not verdicts:
         return INCONCLUSIVE
     if NOT_REPRODUCED in verdicts:
         return NOT_REPRODUCED
-    return REPRODUCED if all(v == REPRODUCED for v in verdicts) else INCONCLUSIVE
+    return REPRODUCED if whole and all(v == REPRODUCED for v in verdicts) else INCONCLUSIVE
 
 
 def any_of(verdicts: list[str]) -> str:
@@ -304,8 +305,7 @@ def imbalance(study: dict[str, list[dict]], level: float = LEVEL) -> Claim:
                               "plateau with celebrities {label} minus uniform", "comparable to the power law's gain")
     if celebs is not None:
         verdicts.append(celebs)
-    claim.verdict = combine(verdicts) if runs and celebs is not None else (
-        NOT_REPRODUCED if NOT_REPRODUCED in verdicts else INCONCLUSIVE)
+    claim.verdict = combine(verdicts, whole=bool(runs) and celebs is not None)
     return claim
 
 
@@ -442,8 +442,7 @@ def forgetting(study: dict[str, list[dict]], level: float = LEVEL) -> Claim:
     if not sequential:
         claim.notes.append("sequential groups: not measured (the study has no sequential experiment)")
     verdicts = [t.verdict for t in claim.tests]
-    claim.verdict = combine(verdicts) if runs and sequential else (
-        NOT_REPRODUCED if NOT_REPRODUCED in verdicts else INCONCLUSIVE)
+    claim.verdict = combine(verdicts, whole=bool(runs and sequential))
     return claim
 
 

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-from phasefit.errors import PhasefitError
 
 CLAIMS_FILE = "claims.json"
 
@@ -43,8 +42,7 @@ def dry_run(study, workers: int, device: str, pack: int | None) -> int:
     for name, sweep in study.experiments.items():
         packs = pack_runs(sweep.runs, size)
         # A pack's members share each step: it costs about its slowest member, not their sum.
-        cost = sum(max(seconds[f"{name}/{r.name}"] for r in p) if size > 1 else
-                   sum(seconds[f"{name}/{r.name}"] for r in p) for p in packs)
+        cost = sum(max(seconds[f"{name}/{r.name}"] for r in p) for p in packs)
         total += cost
         print(f"{name:<16} {len(sweep.runs):>5} {len(packs):>6} {_minutes(cost):>11}")
         for p in packs if size > 1 else []:
@@ -89,18 +87,12 @@ def study_from_cli(path: str, out: str | None = "runs", workers: int = 1, schedu
     """Entry point of ``phasefit study``: 0 when every run completed and the claims were
     judged (whichever way they came out), 1 when a run failed (the claims are judged on the
     others), 130 when interrupted (run the same command again to continue)."""
-    from trainer.pool import run_sweep, summarise
+    from trainer.pool import check_options, run_sweep, summarise
     from trainer.run import stop_on_sigterm
     from trainer.study import load_study
 
-    if workers < 1:
-        raise PhasefitError(f"--workers {workers}: must be at least 1")
-    if pack is not None and pack < 1:
-        raise PhasefitError(f"--pack {pack}: must be at least 1 (1: every run alone)")
     out = out or "runs"
-    blocking = next((p for p in [Path(out), *Path(out).parents] if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise PhasefitError(f"--out {out}: {blocking} is a file, not a folder")
+    check_options(out, workers, pack)
     study = load_study(path, out)
     if dry:
         return dry_run(study, workers, device, pack)

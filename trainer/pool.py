@@ -392,17 +392,22 @@ def summarise(sweep: Sweep, outcomes: list[Outcome]) -> str:
     return f"sweep {sweep.name}: {len(outcomes)} runs: {', '.join(parts)}; runs in {sweep.folder}"
 
 
-def sweep_from_cli(sweep_path: str, out: str | None = "runs", workers: int = 1, scheduler: str | None = None,
-                   device: str = "auto", pack: int | None = None) -> int:
-    """Entry point of ``phasefit sweep``: 0 when every run is complete, 1 when some failed,
-    130 when interrupted by Ctrl-C or SIGTERM (run the same command again to continue)."""
+def check_options(out: str, workers: int, pack: int | None) -> None:
+    """The command line's --out, --workers and --pack, before anything is read or written."""
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
     if pack is not None and pack < 1:
         raise ConfigError(f"--pack {pack}: must be at least 1 (1: every run alone)")
-    blocking = next((p for p in [Path(out or "runs"), *Path(out or "runs").parents] if p.exists()), None)
+    blocking = next((p for p in [Path(out), *Path(out).parents] if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
+
+
+def sweep_from_cli(sweep_path: str, out: str | None = "runs", workers: int = 1, scheduler: str | None = None,
+                   device: str = "auto", pack: int | None = None) -> int:
+    """Entry point of ``phasefit sweep``: 0 when every run is complete, 1 when some failed,
+    130 when interrupted by Ctrl-C or SIGTERM (run the same command again to continue)."""
+    check_options(out or "runs", workers, pack)
     sweep = load_sweep(sweep_path, out or "runs")
     stop_on_sigterm()  # a scheduler's stop or a kill: the runs save their state, as on Ctrl-C
     outcomes = run_sweep(sweep, workers=workers, scheduler=scheduler, device=device, pack=pack)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from logstore.schema import flatten_config as flatten
 from trainer.config import Config, ConfigError, read_toml
-from trainer.sweep import SWEEP_KEYS, RunSpec, Sweep, format_value, known_keys, sweep_from_doc
+from trainer.sweep import SWEEP_KEYS, RunSpec, Sweep, check_pool_keys, format_value, known_keys, sweep_from_doc
 
 STUDY_KEYS = ("name", "seeds", "base", "pack", "runs_per_gpu", "set", "experiments")
 EXPERIMENT_KEYS = ("sweep", "base", "seeds", "set", "grid", "include")
@@ -118,10 +118,7 @@ def load_study(path: str | Path, out: str | Path = "runs") -> Study:
             raise ConfigError(f"{source}: experiments.{exp}: use letters, digits, '.', '_' or '-' in an experiment's name")
         sweep_doc = experiment_doc(doc, exp, _table(table, f"{source}: experiments.{exp}"), source)
         experiments[exp] = sweep_from_doc(sweep_doc, source, folder, where=f"{source}: experiments.{exp}")
-    for key in ("runs_per_gpu", "pack"):
-        value = doc.get(key, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{source}: {key}: expected an integer >= 1, got {value!r}")
+    check_pool_keys(doc, str(source))
     return Study(name, source, folder, experiments, doc.get("runs_per_gpu", 1), doc.get("pack"))
 
 

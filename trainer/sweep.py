@@ -153,6 +153,14 @@ def known_keys(doc: dict, allowed: tuple[str, ...], where: str, what: str) -> No
             raise ConfigError(f"{where}: unknown key '{key}' ({what} has {', '.join(allowed)})")
 
 
+def check_pool_keys(doc: dict, where: str) -> None:
+    """``runs_per_gpu`` and ``pack``, where given, are integers >= 1."""
+    for key in ("runs_per_gpu", "pack"):
+        value = doc.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{where}: {key}: expected an integer >= 1, got {value!r}")
+
+
 def sweep_from_doc(doc: dict, source: Path, out: str | Path, where: str | None = None) -> Sweep:
     """The runs of a sweep given as a table of the sweep file's keys (a sweep file's content, or
     an experiment of a study: trainer/study.py). ``base`` is relative to ``source``'s folder;
@@ -172,10 +180,7 @@ def sweep_from_doc(doc: dict, source: Path, out: str | Path, where: str | None =
         raise ConfigError(f"{where}: seeds: expected a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{where}: seeds: {seeds} repeats a seed")
-    for key in ("runs_per_gpu", "pack"):
-        value = doc.get(key, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{where}: {key}: expected an integer >= 1, got {value!r}")
+    check_pool_keys(doc, where)
     common = _overrides(doc.get("set", {}), f"{where}: set")
     common.pop("label", None)
     folder = Path(out) / name
